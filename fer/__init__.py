@@ -1,0 +1,7 @@
+"""fer-pipeline: a reproducible facial-expression-recognition study on FER2013-style data."""
+
+CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+NUM_CLASSES: int = len(CLASS_NAMES)
+IMAGE_SIZE: int = 48
+NUM_PIXELS: int = IMAGE_SIZE * IMAGE_SIZE
+SPLITS: tuple[str, ...] = ("train", "val", "test")

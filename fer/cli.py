@@ -1,0 +1,33 @@
+"""What every stage entry point shares: argument parsing with --help, readable logging, and
+turning expected failures (bad data, bad params, divergence) into one clear line and exit 1."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from fer.data import DataError
+from fer.params import ParamsError
+from fer.training import TrainingDiverged
+
+EXPECTED_ERRORS = (DataError, ParamsError, TrainingDiverged, FileNotFoundError)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--params", default="params.yaml", help="the params file to read")
+    return p
+
+
+def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Call a stage's main(); on an expected error print `error: <message>` and exit 1."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("mlflow", "alembic", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        main(argv)
+    except EXPECTED_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,78 @@
+"""Datasets as compact arrays: uint8 images (N, 48, 48), int64 labels, per split.
+
+Every reader returns `Split`s; `prepare` stores them as `<split>.npz` so that training reads
+a few megabytes instead of re-parsing text.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from fer import IMAGE_SIZE, NUM_CLASSES, SPLITS
+from fer.io import write_npz
+
+UNLABELLED = -1
+
+
+class DataError(ValueError):
+    """A data source is missing or malformed; the message names the file, the row and the problem."""
+
+
+@dataclasses.dataclass
+class Split:
+    images: np.ndarray  # uint8 (N, 48, 48)
+    labels: np.ndarray  # int64 (N,), UNLABELLED where the source has no label
+    source_index: np.ndarray  # int64 (N,): row (or file) number in the source, for traceability
+    masks: np.ndarray | None = None  # uint8 (N, 48, 48): expression-feature ground truth (synthetic)
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        assert self.images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE) and self.images.dtype == np.uint8
+        assert len(self.labels) == n and len(self.source_index) == n
+        assert self.masks is None or self.masks.shape == self.images.shape
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, keep: np.ndarray) -> "Split":
+        return Split(self.images[keep], self.labels[keep], self.source_index[keep],
+                     None if self.masks is None else self.masks[keep])
+
+    def class_counts(self) -> list[int]:
+        return np.bincount(self.labels[self.labels >= 0], minlength=NUM_CLASSES).tolist()
+
+
+def save_split(path: Path, split: Split) -> None:
+    arrays = {"images": split.images, "labels": split.labels, "source_index": split.source_index}
+    if split.masks is not None:
+        arrays["masks"] = split.masks
+    write_npz(path, **arrays)
+
+
+def load_split(path: str | Path) -> Split:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: prepared split not found (run the `prepare` stage first)")
+    with np.load(path) as data:
+        masks = data["masks"] if "masks" in data.files else None
+        return Split(data["images"], data["labels"].astype(np.int64), data["source_index"], masks)
+
+
+def load_prepared(directory: str | Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Split]:
+    return {name: load_split(Path(directory) / f"{name}.npz") for name in splits}
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask selecting a seeded, per-class `fraction` of the rows (at least one per class
+    present with two or more rows)."""
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(labels), dtype=bool)
+    for cls in np.unique(labels):
+        rows = np.flatnonzero(labels == cls)
+        n_take = int(round(fraction * len(rows)))
+        if len(rows) >= 2:
+            n_take = min(max(n_take, 1), len(rows) - 1)
+        chosen[rng.choice(rows, size=n_take, replace=False)] = True
+    return chosen

@@ -1,0 +1,110 @@
+"""What the filters of a conv layer respond to: activation maximisation (in-house, as captum's
+optim module is not released) and the validation images that activate each channel most.
+
+The objective is a channel's mean activation *before* the ReLU: after it, most channels start
+at zero with zero gradient and never move.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fer import IMAGE_SIZE
+from fer.models import ConvNet
+
+
+def block_index(model: ConvNet, layer: str) -> int:
+    """Conv block of a layer given as `last` or a conv module name (`features.<block>.0`)."""
+    names = list(model.conv_layers())
+    if layer == "last":
+        return len(names) - 1
+    if layer not in names:
+        raise ValueError(f"unknown conv layer '{layer}'; expected 'last' or one of {', '.join(names)}")
+    return names.index(layer)
+
+
+def pre_relu(model: ConvNet, block: int, x: torch.Tensor) -> torch.Tensor:
+    """Feature maps of conv block `block` just before its ReLU, for inputs in [0, 1]."""
+    h = model.features[:block](model.standardize(x))
+    for module in model.features[block]:
+        if isinstance(module, torch.nn.ReLU):
+            return h
+        h = module(h)
+    raise AssertionError("conv block without ReLU")
+
+
+def channel_means(model: ConvNet, block: int, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Mean pre-ReLU activation of every channel for every image: (N, C)."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([pre_relu(model, block, images[i:i + batch_size]).mean(dim=(2, 3))
+                          for i in range(0, len(images), batch_size)]).cpu().numpy()
+
+
+def _fourier_scale(size: int) -> torch.Tensor:
+    """1/frequency weights: a decorrelated image parameterisation that favours smooth images."""
+    fy = torch.fft.fftfreq(size).view(-1, 1)
+    fx = torch.fft.rfftfreq(size).view(1, -1)
+    return 1.0 / torch.sqrt(fx ** 2 + fy ** 2).clamp(min=1.0 / size)
+
+
+def _total_variation(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def _jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random shift (up to 2 px), rotation (up to 5 degrees) and scale (0.95-1.05) per image."""
+    n = len(x)
+    rand = lambda: torch.rand(n, generator=generator) * 2 - 1  # noqa: E731
+    angle, scale = rand() * math.radians(5), 1 + 0.05 * rand()
+    shift = torch.stack([rand(), rand()], 1) * 2 * 2 / IMAGE_SIZE
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+
+
+def activation_maximisation(model: ConvNet, block: int, steps: int, lr: float, tv_weight: float,
+                            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One optimised image per channel of `block`, all channels as one batch.
+
+    Returns (images (C, 48, 48) in [0, 1], each channel's activation on its starting noise,
+    and on its final image).
+    """
+    model.eval()
+    n_channels = model.conv_layers()[list(model.conv_layers())[block]].out_channels
+    generator = torch.Generator().manual_seed(seed)
+    shape = (n_channels, 1, IMAGE_SIZE, IMAGE_SIZE // 2 + 1)
+    spectrum = (torch.randn(*shape, 2, generator=generator) * 0.01).requires_grad_(True)
+    scale = _fourier_scale(IMAGE_SIZE)
+    rows = torch.arange(n_channels)
+
+    def render() -> torch.Tensor:
+        image = torch.fft.irfft2(torch.view_as_complex(spectrum) * scale, s=(IMAGE_SIZE, IMAGE_SIZE), norm="ortho")
+        return torch.sigmoid(image * 4)
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        return pre_relu(model, block, x).mean(dim=(2, 3))[rows, rows]
+
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            start = objective(render())
+        optimiser = torch.optim.Adam([spectrum], lr=lr)
+        for _ in range(steps):
+            image = render()
+            loss = -objective(_jitter(image, generator)).mean() + tv_weight * _total_variation(image)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        with torch.no_grad():
+            final_image = render()
+            final = objective(final_image)
+    finally:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    return final_image.squeeze(1).numpy(), start.numpy(), final.numpy()

@@ -1,0 +1,195 @@
+"""Typed, validated views of the sections of `params.yaml`.
+
+Each stage reads only its own section. Unknown or missing keys are errors rather than silent
+defaults, so a typo in `params.yaml` can never train a model with settings nobody asked for.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A params.yaml section is missing, has unknown keys, or holds an invalid value."""
+
+
+def _check(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ParamsError(f"params.yaml {where}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingParams:
+    experiment: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticParams:
+    n_train: int
+    n_val: int
+    n_test: int
+    label_noise: float
+    seed: int
+
+    def validate(self, where: str) -> None:
+        for name in ("n_train", "n_val", "n_test"):
+            _check(getattr(self, name) >= 7, f"{where}.{name}", "must be at least 7 (one per class)")
+        _check(0.0 <= self.label_noise < 1.0, f"{where}.label_noise", "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareParams:
+    source: str
+    format: str
+    val_fraction: float
+    split_seed: int
+    drop_blank: bool
+    drop_cross_split_duplicates: bool
+    synthetic: SyntheticParams
+
+    def validate(self, where: str) -> None:
+        _check(self.format in ("auto", "kaggle", "homework", "folders"), f"{where}.format",
+               f"'{self.format}' is not one of auto, kaggle, homework, folders")
+        _check(0.0 < self.val_fraction < 0.5, f"{where}.val_fraction", "must be in (0, 0.5)")
+        self.synthetic.validate(f"{where}.synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    arch: str
+    batch_norm: bool
+    dropout_conv: float
+    dropout_fc: float
+    fc_hidden: int
+
+    def validate(self, where: str) -> None:
+        from fer.models import ARCHITECTURES
+
+        _check(self.arch in ARCHITECTURES, f"{where}.arch",
+               f"'{self.arch}' is not one of {', '.join(ARCHITECTURES)}")
+        for name in ("dropout_conv", "dropout_fc"):
+            _check(0.0 <= getattr(self, name) < 1.0, f"{where}.{name}", "must be in [0, 1)")
+        _check(self.fc_hidden > 0, f"{where}.fc_hidden", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    flip: bool
+    max_shift: float
+    max_rotation: float
+    max_scale: float
+    erasing_prob: float
+
+    def validate(self, where: str) -> None:
+        _check(0 <= self.max_shift <= 12, f"{where}.max_shift", "must be in [0, 12] pixels")
+        _check(0 <= self.max_rotation <= 45, f"{where}.max_rotation", "must be in [0, 45] degrees")
+        _check(0 <= self.max_scale < 0.5, f"{where}.max_scale", "must be in [0, 0.5)")
+        _check(0 <= self.erasing_prob <= 1, f"{where}.erasing_prob", "must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    model: ModelParams
+    augment: AugmentParams
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    label_smoothing: float
+    early_stopping_patience: int
+    seed: int
+    registered_model: str
+
+    def validate(self, where: str) -> None:
+        self.model.validate(f"{where}.model")
+        self.augment.validate(f"{where}.augment")
+        _check(self.epochs >= 1, f"{where}.epochs", "must be at least 1")
+        _check(self.batch_size >= 2, f"{where}.batch_size", "must be at least 2")
+        _check(self.optimizer in ("sgd", "adamw"), f"{where}.optimizer",
+               f"'{self.optimizer}' is not one of sgd, adamw")
+        _check(self.schedule in ("constant", "onecycle", "cosine", "plateau"), f"{where}.schedule",
+               f"'{self.schedule}' is not one of constant, onecycle, cosine, plateau")
+        _check(self.lr > 0, f"{where}.lr", "must be positive")
+        _check(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1)")
+        _check(self.early_stopping_patience >= 0, f"{where}.early_stopping_patience",
+               "must be >= 0 (0 turns early stopping off)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+    tta: bool
+    calibration_bins: int
+    top_confusions: int
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualizeParams:
+    saliency_model: str
+    filters_model: str
+    filters_layer: str
+    smoothgrad_noise: float
+    smoothgrad_samples: int
+    ig_steps: int
+    act_max_steps: int
+    act_max_lr: float
+    act_max_tv: float
+    seed: int
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass `cls` from a mapping, recursing into nested dataclasses, with exact keys."""
+    _check(isinstance(data, dict), where, f"expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    missing = [n for n in names if n not in data]
+    _check(not unknown, where, f"unknown key(s) {unknown}; expected {names}")
+    _check(not missing, where, f"missing key(s) {missing}")
+    values = {}
+    for name in names:
+        kind, value = hints[name], data[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, value, f"{where}.{name}")
+            continue
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        _check(ok, f"{where}.{name}", f"expected {kind.__name__}, got {value!r}")
+        values[name] = value
+    built = cls(**values)
+    validate = getattr(built, "validate", None)
+    if validate is not None:
+        validate(where)
+    return built
+
+
+def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections")
+    return data
+
+
+def load_section(cls: type[T], section: str, path: str | Path = "params.yaml") -> T:
+    """Load and validate one section of params.yaml as the dataclass `cls`."""
+    data = read_params(path)
+    _check(section in data, section, "section is missing")
+    return _build(cls, data[section], section)
+
+
+def section_dict(section: str, path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The raw mapping of one section (for logging to MLflow and hashing)."""
+    return read_params(path)[section]

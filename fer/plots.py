@@ -1,0 +1,123 @@
+"""Every figure of the project: functions take arrays and return matplotlib figures (Agg)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from fer import CLASS_NAMES  # noqa: E402
+
+
+def confusion_figure(matrix: np.ndarray, title: str, normalised: bool = False) -> Figure:
+    """Confusion matrix with class names and the value in every cell (rows = true class)."""
+    values = matrix.astype(float)
+    if normalised:
+        totals = values.sum(axis=1, keepdims=True)
+        values = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalised else None)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = range(len(CLASS_NAMES))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
+           xlabel="predicted", ylabel="true", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    threshold = values.max() / 2 if values.max() > 0 else 0.5
+    for t in ticks:
+        for p in ticks:
+            text = f"{values[t, p]:.2f}" if normalised else f"{int(matrix[t, p])}"
+            ax.text(p, t, text, ha="center", va="center", fontsize=8,
+                    color="white" if values[t, p] > threshold else "black")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(confidence: np.ndarray, accuracy: np.ndarray, count: np.ndarray,
+                       ece: float, title: str) -> Figure:
+    n_bins = len(count)
+    centres = (np.arange(n_bins) + 0.5) / n_bins
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1]})
+    used = count > 0
+    top.bar(centres[used], accuracy[used], width=1 / n_bins, edgecolor="black", alpha=0.7, label="accuracy")
+    top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    top.plot(confidence[used], accuracy[used], "o-", color="tab:red", label="mean confidence")
+    top.set(ylabel="accuracy", title=f"{title} (ECE {ece:.3f})", xlim=(0, 1), ylim=(0, 1))
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(centres, count, width=1 / n_bins, edgecolor="black")
+    bottom.set(xlabel="confidence", ylabel="images")
+    fig.tight_layout()
+    return fig
+
+
+def history_figure(history: Sequence[dict], best_epoch: int, title: str) -> Figure:
+    """Loss and accuracy curves (train and validation), the best epoch marked."""
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("loss", "acc")):
+        ax.plot(epochs, [row[f"train_{metric}"] for row in history], "o-", label="train")
+        ax.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", label="validation")
+        ax.axvline(best_epoch, color="gray", linestyle=":", label=f"best epoch ({best_epoch})")
+        ax.set(xlabel="epoch", ylabel="accuracy" if metric == "acc" else "cross-entropy loss")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_gallery(images: np.ndarray, captions: Sequence[str], title: str, columns: int = 6) -> Figure:
+    """A grid of grayscale images with a caption under each."""
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.7, rows * 2.0), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.dtype == np.uint8 else None)
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def saliency_figure(images: np.ndarray, maps: dict[str, np.ndarray], captions: Sequence[str],
+                    title: str) -> Figure:
+    """Rows = images; columns = the image, then each method's map as an overlay."""
+    methods = list(maps)
+    fig, axes = plt.subplots(len(images), 1 + len(methods), figsize=(1.9 * (1 + len(methods)), 1.9 * len(images)),
+                             squeeze=False)
+    for row, image in enumerate(images):
+        axes[row, 0].imshow(image, cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].set_ylabel(captions[row], fontsize=7)
+        for col, method in enumerate(methods, start=1):
+            heat = maps[method][row]
+            span = np.ptp(heat)
+            heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+            axes[row, col].imshow(image, cmap="gray", vmin=0, vmax=255)
+            axes[row, col].imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+            if row == 0:
+                axes[row, col].set_title(method, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def filter_grid(images: np.ndarray, title: str, columns: int = 16) -> Figure:
+    """One small panel per channel, each normalised to its own range for display."""
+    rows = int(np.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.85), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for index, (ax, image) in enumerate(zip(axes.flat, images)):
+        span = np.ptp(image)
+        ax.imshow((image - image.min()) / span if span > 0 else image, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(str(index), fontsize=5)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,219 @@
+"""The training loop: in-memory uint8 data, batched augmentation, per-epoch checkpoints that
+make a killed run resume exactly where it stopped, and early stopping on validation accuracy."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fer.augment import augment_batch
+from fer.data import Split
+from fer.io import atomic_path
+from fer.params import TrainParams
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    epoch_seconds: float
+    images_per_second: float
+
+
+@dataclasses.dataclass
+class FitResult:
+    history: list[EpochRecord]
+    best_epoch: int
+    best_val_acc: float
+    best_state: dict[str, torch.Tensor]
+
+
+def select_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def fingerprint(params_section: dict[str, Any], data_files: list[Path]) -> str:
+    """Identity of a training job: its params and the bytes of its data. A checkpoint resumes
+    only a job with the same fingerprint."""
+    digest = hashlib.sha256(json.dumps(params_section, sort_keys=True).encode())
+    for path in data_files:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, 48, 48) -> float (B, 1, 48, 48) in [0, 1], channels-last, on `device`."""
+    x = images.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def make_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
+                               nesterov=params.momentum > 0, weight_decay=params.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int) -> Any:
+    """The LR schedule; `onecycle` steps per batch, the others per epoch."""
+    if params.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.lr, epochs=params.epochs,
+                                                   steps_per_epoch=steps_per_epoch)
+    if params.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
+    if params.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
+                   batch_size: int = 512, flip_tta: bool = False) -> torch.Tensor:
+    """Logits for uint8 images (N, 48, 48), in eval mode; with `flip_tta` the logits of the image
+    and its mirror are averaged."""
+    model.eval()
+    images = torch.as_tensor(images)
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start:start + batch_size], device)
+        logits = model(x)
+        if flip_tta:
+            logits = (logits + model(torch.flip(x, dims=[3]))) / 2
+        outputs.append(logits.float().cpu())
+    return torch.cat(outputs) if outputs else torch.zeros(0, 7)
+
+
+def _loss_and_accuracy(model: torch.nn.Module, split: Split, device: torch.device) -> tuple[float, float]:
+    logits = predict_logits(model, split.images, device)
+    labels = torch.as_tensor(split.labels)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, batch: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {batch}: "
+                               "lower the learning rate or check the data")
+
+
+def _save_resume_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_resume_state(path: Path, job_fingerprint: str) -> dict[str, Any] | None:
+    """The last per-epoch checkpoint of the same job, or None (missing, other params or data)."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state.get("fingerprint") == job_fingerprint else None
+
+
+def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, device: torch.device,
+        checkpoint_path: Path, job_fingerprint: str, run_id: str | None,
+        resume: dict[str, Any] | None = None,
+        on_epoch: Callable[[EpochRecord], None] = lambda record: None) -> FitResult:
+    """Train `model`; return the history and the best weights by validation accuracy.
+
+    After every epoch a full resume state (model, optimizer, scheduler, RNG states, history,
+    best weights, MLflow run id) is written atomically to `checkpoint_path`.
+    """
+    generator = torch.Generator().manual_seed(params.seed)
+    train_images = torch.as_tensor(train.images)
+    train_labels = torch.as_tensor(train.labels)
+    if resume is None:
+        x = train.images.astype(np.float32) / 255
+        model.standardize.mean.fill_(float(x.mean()))
+        model.standardize.std.fill_(float(x.std()) + 1e-6)
+    model.to(device, memory_format=torch.channels_last)
+    steps = (len(train) + params.batch_size - 1) // params.batch_size
+    optimizer = make_optimizer(model, params)
+    scheduler = make_scheduler(optimizer, params, steps)
+    history: list[EpochRecord] = []
+    best_epoch, best_val_acc = 0, -1.0
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        history = [EpochRecord(**row) for row in resume["history"]]
+        best_epoch, best_val_acc, best_state = resume["best_epoch"], resume["best_val_acc"], resume["best_state"]
+
+    for epoch in range(len(history) + 1, params.epochs + 1):
+        if params.early_stopping_patience and epoch - best_epoch > params.early_stopping_patience:
+            break
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        loss_sum, correct = 0.0, 0
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=False,
+                   mininterval=1.0)
+        for batch in bar:
+            rows = order[batch * params.batch_size:(batch + 1) * params.batch_size]
+            x = augment_batch(to_input(train_images[rows], device), params.augment, generator)
+            y = train_labels[rows].to(device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=params.label_smoothing)
+            _check_finite(loss, epoch, batch + 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if params.schedule == "onecycle":
+                scheduler.step()
+            loss_sum += loss.item() * len(rows)
+            correct += (logits.argmax(1) == y).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / ((batch * params.batch_size) + len(rows)):.3f}", refresh=False)
+        train_seconds = time.perf_counter() - started
+        val_loss, val_acc = _loss_and_accuracy(model, val, device)
+        lr = optimizer.param_groups[0]["lr"]
+        if params.schedule == "plateau":
+            scheduler.step(val_acc)
+        elif params.schedule != "onecycle":
+            scheduler.step()
+        record = EpochRecord(epoch, loss_sum / len(train), correct / len(train), val_loss, val_acc, lr,
+                             time.perf_counter() - started, len(train) / train_seconds)
+        history.append(record)
+        if val_acc > best_val_acc:
+            best_epoch, best_val_acc = epoch, val_acc
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        on_epoch(record)
+        _save_resume_state(checkpoint_path, {
+            "fingerprint": job_fingerprint, "run_id": run_id, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "history": [dataclasses.asdict(r) for r in history], "best_epoch": best_epoch,
+            "best_val_acc": best_val_acc, "best_state": best_state,
+        })
+        tqdm.write(f"epoch {epoch:3d}  train loss {record.train_loss:.4f} acc {record.train_acc:.4f}  "
+                   f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.2e}  "
+                   f"{record.epoch_seconds:.1f}s  {record.images_per_second:.0f} img/s")
+    return FitResult(history, best_epoch, best_val_acc, best_state)

@@ -1,0 +1,71 @@
+"""Stage `train_<model>`: train one model on the prepared data, resuming a killed run from its
+last epoch, and write the best checkpoint, the per-epoch history and the layer table."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from fer import IMAGE_SIZE, cli, tracking
+from fer.data import load_prepared
+from fer.io import atomic_dir, atomic_path, write_json, write_text
+from fer.models import build_model, layer_table, layer_table_markdown, save_checkpoint
+from fer.params import TrackingParams, TrainParams, load_section, section_dict
+from fer.training import fingerprint, fit, load_resume_state, seed_everything, select_device
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.parser(__doc__)
+    parser.add_argument("--model", required=True, help="model name: reads params section train_<model>")
+    parser.add_argument("--data", default="data/prepared", help="prepared data directory")
+    parser.add_argument("--out", help="output directory (default models/<model>)")
+    parser.add_argument("--checkpoints", default="checkpoints", help="resume-state directory (not a DVC output)")
+    args = parser.parse_args(argv)
+    section = f"train_{args.model}"
+    params = load_section(TrainParams, section, args.params)
+    experiment = load_section(TrackingParams, "tracking", args.params).experiment
+    out = Path(args.out or f"models/{args.model}")
+    seed_everything(params.seed)
+    device = select_device()
+    splits = load_prepared(args.data, ("train", "val"))
+    job = fingerprint(section_dict(section, args.params),
+                      [Path(args.data) / "train.npz", Path(args.data) / "val.npz"])
+    checkpoint = Path(args.checkpoints) / f"{args.model}.pt"
+    resume = load_resume_state(checkpoint, job)
+    if resume:
+        print(f"resuming {args.model} after epoch {len(resume['history'])} from {checkpoint}")
+    model = build_model(params.model)
+    print(f"training {args.model} on {device} ({len(splits['train'])} train / {len(splits['val'])} val images)")
+
+    with tracking.model_run(experiment, args.model, resume["run_id"] if resume else None) as run_id:
+        if not resume:
+            tracking.log_params(section_dict(section, args.params))
+        result = fit(model, splits["train"], splits["val"], params, device, checkpoint, job, run_id,
+                     resume, on_epoch=tracking.log_epoch)
+        model.load_state_dict(result.best_state)
+        rows = layer_table(model)
+        with atomic_dir(out) as tmp:
+            save_checkpoint(model, params.model, tmp / "model.pt", best_epoch=result.best_epoch)
+            with atomic_path(tmp / "history.csv") as history_file, open(history_file, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=[f.name for f in dataclasses.fields(result.history[0])])
+                writer.writeheader()
+                writer.writerows(dataclasses.asdict(r) for r in result.history)
+            write_json(tmp / "layers.json", {"layers": [dataclasses.asdict(r) for r in rows],
+                                             "total_parameters": sum(r.parameters for r in rows)})
+            write_text(tmp / "layers.md", layer_table_markdown(rows, f"{args.model} layers"))
+            write_json(tmp / "run.json", {"run_id": run_id, "experiment": experiment,
+                                          "best_epoch": result.best_epoch,
+                                          "best_val_acc": result.best_val_acc})
+        tracking.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
+        for name in ("history.csv", "layers.json", "layers.md"):
+            tracking.log_artifact(out / name, "training")
+        example = np.random.default_rng(0).random((2, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+        tracking.log_torch_model(model, params.registered_model, example)
+    checkpoint.unlink(missing_ok=True)
+    print(f"{args.model}: best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch}; wrote {out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
