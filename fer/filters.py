@@ -84,7 +84,7 @@ def activation_maximisation(model: ConvNet, block: int, steps: int, lr: float, t
 
     def render() -> torch.Tensor:
         image = torch.fft.irfft2(torch.view_as_complex(spectrum) * scale, s=(IMAGE_SIZE, IMAGE_SIZE), norm="ortho")
-        return torch.sigmoid(image * 4)
+        return torch.sigmoid(image)
 
     def objective(x: torch.Tensor) -> torch.Tensor:
         return pre_relu(model, block, x).mean(dim=(2, 3))[rows, rows]

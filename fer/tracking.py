@@ -50,17 +50,19 @@ def _experiment_id(name: str) -> str:
 def model_run(experiment: str, run_name: str, run_id: str | None = None) -> Iterator[str]:
     """Start (or, with `run_id`, reopen) the MLflow run of one model; yield its id.
 
-    Tags record the git commit and the DVC stage (and experiment, under `dvc exp run`).
+    A new run is tagged with the git commit and the DVC stage (and experiment, under
+    `dvc exp run`).
     """
     mlflow.set_tracking_uri(tracking_uri())
     kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {
         "experiment_id": _experiment_id(experiment), "run_name": run_name}
     with mlflow.start_run(**kwargs) as run:
-        tags = {"git_commit": git_commit(project_root()), "model": run_name}
-        for env, tag in (("DVC_STAGE", "dvc_stage"), ("DVC_EXP_NAME", "dvc_exp_name")):
-            if os.environ.get(env):
-                tags[tag] = os.environ[env]
-        mlflow.set_tags(tags)
+        if not run_id:  # a reopened run keeps the tags of the stage that created it
+            tags = {"git_commit": git_commit(project_root()), "model": run_name}
+            for env, tag in (("DVC_STAGE", "dvc_stage"), ("DVC_EXP_NAME", "dvc_exp_name")):
+                if os.environ.get(env):
+                    tags[tag] = os.environ[env]
+            mlflow.set_tags(tags)
         yield run.info.run_id
 
 

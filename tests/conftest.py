@@ -1,0 +1,104 @@
+"""Shared fixtures: small generated datasets and a tiny copy of the real project."""
+from __future__ import annotations
+
+import copy
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "fer")
+FER2013 = ROOT.parent / "shared" / "data" / "fer2013.csv.gz"
+
+
+def tiny_params(**overrides: dict) -> dict:
+    """params.yaml shrunk so that the whole pipeline runs in well under a minute."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"]["synthetic"].update(n_train=210, n_val=70, n_test=70)
+    for section in ("train_cnn4", "train_cnn3"):
+        params[section].update(epochs=2, batch_size=32)
+        params[section]["model"]["fc_hidden"] = 32
+    params["visualize"].update(act_max_steps=4, smoothgrad_samples=2, ig_steps=4)
+    for section, values in overrides.items():
+        params[section].update(values)
+    return params
+
+
+def write_params(path: Path, params: dict) -> None:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def env_with_venv() -> dict[str, str]:
+    """The environment for subprocesses: this interpreter's bin first on PATH (so `dvc` and the
+    stages' `python` are the project's), no inherited MLflow or DVC location."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env_with_venv(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Path:
+    """A fresh git + DVC repository holding the project's code and tiny params."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, project / name)
+    write_params(project / "params.yaml", tiny_params())
+    run(["git", "init", "-q"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["dvc", "config", "core.analytics", "false"], project)
+    return project
+
+
+def random_images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 48, 48), dtype=np.uint8)
+
+
+def pixel_string(image: np.ndarray) -> str:
+    return " ".join(map(str, image.ravel().tolist()))
+
+
+def write_kaggle_csv(path: Path, rows: list[tuple[object, str, str]], gz: bool = False) -> Path:
+    text = "emotion,pixels,Usage\n" + "".join(f"{e},{p},{u}\n" for e, p, u in rows)
+    if gz:
+        with gzip.open(path, "wt") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def kaggle_rows(per_usage: int = 7, seed: int = 0) -> list[tuple[object, str, str]]:
+    """Valid Kaggle rows: `per_usage` images of each usage, cycling through the 7 classes."""
+    images = random_images(3 * per_usage, seed)
+    usages = ["Training"] * per_usage + ["PublicTest"] * per_usage + ["PrivateTest"] * per_usage
+    return [(i % 7, pixel_string(img), u) for i, (img, u) in enumerate(zip(images, usages))]
+
+
+def with_row(rows: list, index: int, **fields) -> list:
+    """A copy of rows where row `index` has some fields replaced (emotion, pixels, usage)."""
+    rows = copy.deepcopy(rows)
+    e, p, u = rows[index]
+    rows[index] = (fields.get("emotion", e), fields.get("pixels", p), fields.get("usage", u))
+    return rows

@@ -1,0 +1,76 @@
+"""End to end: the real `dvc repro` on tiny data in a temporary git + DVC repository, checked
+through the files, DVC itself and the MLflow client."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run, tiny_params, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def test_pipeline_end_to_end(tiny_project: Path) -> None:
+    first = run(["dvc", "repro"], tiny_project)
+    assert stages_run(first.stdout) == ["prepare", "train_cnn4", "train_cnn3", "evaluate", "visualize"]
+    for path in ("data/prepared/train.npz", "models/cnn4/model.pt", "models/cnn3/history.csv",
+                 "metrics/cnn4.json", "metrics/cnn3.json", "results/evaluate/cnn4/confusion_val.png",
+                 "results/visualize/cnn3/saliency.png", "results/visualize/cnn4/filters.png", "dvc.lock"):
+        assert (tiny_project / path).is_file(), path
+
+    # MLflow: one run per model in the experiment of params.yaml, per-epoch metrics, artifacts.
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(tiny_params()["tracking"]["experiment"])
+    assert experiment is not None
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert {"cnn4", "cnn3", "prepare"} <= set(runs)
+    epochs = tiny_params()["train_cnn4"]["epochs"]
+    for name in ("cnn4", "cnn3"):
+        run_info = runs[name]
+        assert run_info.data.params["lr"] == str(tiny_params()[f"train_{name}"]["lr"])
+        assert run_info.data.tags["dvc_stage"] == f"train_{name}"
+        for metric in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            steps = [m.step for m in client.get_metric_history(run_info.info.run_id, metric)]
+            assert sorted(steps) == list(range(1, epochs + 1)), (name, metric, steps)
+        assert "val_accuracy" in run_info.data.metrics and "test_macro_f1" in run_info.data.metrics
+        evaluate = {Path(a.path).name for a in client.list_artifacts(run_info.info.run_id, "evaluate")}
+        assert {"confusion_train.png", "confusion_val.png", "analysis.md", f"{name}.json"} <= evaluate
+    visual_cnn3 = {Path(a.path).name for a in client.list_artifacts(runs["cnn3"].info.run_id, "visualize")}
+    visual_cnn4 = {Path(a.path).name for a in client.list_artifacts(runs["cnn4"].info.run_id, "visualize")}
+    assert {"saliency.png", "saliency.npz"} <= visual_cnn3
+    assert {"filters.png", "filters.npz"} <= visual_cnn4
+
+    # A second repro is a no-op.
+    again = run(["dvc", "repro"], tiny_project)
+    assert stages_run(again.stdout) == []
+
+    # Commit, change one CNN3 training param: only train_cnn3 and what is downstream reruns,
+    # and DVC reports the params and metrics change against the commit.
+    run(["git", "add", "-A"], tiny_project)
+    run(["git", "commit", "-qm", "baseline"], tiny_project)
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["train_cnn3"]["lr"] = 0.0005
+    write_params(tiny_project / "params.yaml", params)
+    changed = run(["dvc", "repro"], tiny_project)
+    assert stages_run(changed.stdout) == ["train_cnn3", "evaluate", "visualize"]
+    assert "train_cnn3.lr" in run(["dvc", "params", "diff"], tiny_project).stdout
+    assert "metrics/cnn3.json" in run(["dvc", "metrics", "diff"], tiny_project).stdout
+    runs_after = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "cnn3"]
+    assert len(runs_after) == 2
+
+
+def test_prepare_missing_source_fails_cleanly(tiny_project: Path) -> None:
+    params = tiny_params(prepare={"source": "no/such/fer2013.csv"})
+    write_params(tiny_project / "params.yaml", params)
+    result = run(["python", "-m", "stages.prepare"], tiny_project, check=False)
+    assert result.returncode == 1
+    assert "fer2013.csv: file not found" in result.stderr
+    assert not (tiny_project / "data" / "prepared").exists()
