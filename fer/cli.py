@@ -23,6 +23,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Call a stage's main(); on an expected error print `error: <message>` and exit 1."""
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # live logs under DVC/nohup
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("mlflow", "alembic", "urllib3", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,77 @@
+"""Metrics against direct computations on hand-made predictions; the confusion analysis."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fer import evaluation as ev
+
+LABELS = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 4, 5, 6, 6])
+PRED = np.array([0, 0, 1, 3, 0, 0, 2, 2, 5, 3, 3, 3, 4, 2, 6, 4])
+
+
+def one_hot_probs(predicted: np.ndarray, confidence: float = 0.7) -> np.ndarray:
+    probs = np.full((len(predicted), 7), (1 - confidence) / 6)
+    probs[np.arange(len(predicted)), predicted] = confidence
+    return probs
+
+
+def test_metrics_match_direct_computation() -> None:
+    probs = one_hot_probs(PRED)
+    probs[0, 1] = 0.2  # second choice of image 0 is class 1
+    probs[0] /= probs[0].sum()
+    m = ev.classification_metrics(LABELS, probs, n_bins=15)
+    assert m["accuracy"] == pytest.approx(np.mean(LABELS == PRED))
+    recalls = [np.mean(PRED[LABELS == c] == c) for c in range(7)]
+    assert m["balanced_accuracy"] == pytest.approx(np.mean(recalls))
+    precisions = [np.mean(LABELS[PRED == c] == c) if (PRED == c).any() else 0.0 for c in range(7)]
+    f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precisions, recalls)]
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    assert m["per_class"]["angry"]["recall"] == pytest.approx(0.5)
+    assert m["per_class"]["disgust"]["support"] == 2
+    top2 = np.argsort(-probs, axis=1)[:, :2]
+    assert m["top2_accuracy"] == pytest.approx(np.mean([l in t for l, t in zip(LABELS, top2)]))
+    assert m["nll"] == pytest.approx(-np.mean(np.log(probs[np.arange(16), LABELS])))
+    # Image 0 (confidence 0.7/1.15, correct) sits alone in a lower bin; the other 15 share 0.7.
+    correct = LABELS == PRED
+    expected_ece = (abs(1 - probs[0].max()) * 1 + abs(correct[1:].mean() - 0.7) * 15) / 16
+    assert m["ece"] == pytest.approx(expected_ece)
+
+
+def test_absent_class_still_has_a_row() -> None:
+    labels, pred = np.array([0, 1, 1]), np.array([0, 1, 0])
+    m = ev.classification_metrics(labels, one_hot_probs(pred))
+    assert set(m["per_class"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+    assert m["per_class"]["neutral"]["support"] == 0
+    assert m["balanced_accuracy"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_confusion_ranking_and_asymmetry() -> None:
+    matrix = ev.confusion(LABELS, PRED)
+    assert matrix.sum() == 16 and matrix[1, 0] == 2
+    pairs = ev.top_confusions(matrix, 3)
+    # disgust->angry 2/2 = 100%, surprise->fear 1/1 = 100%, then neutral->sad 1/2 = 50%.
+    assert [(p.true, p.predicted, p.count) for p in pairs] == [(1, 0, 2), (5, 2, 1), (6, 4, 1)]
+    assert pairs[0].rate == 1.0 and pairs[2].rate == 0.5
+    asym = ev.asymmetric_pairs(matrix, 3)
+    assert (asym[0][0].true, asym[0][0].predicted, asym[0][1].rate) == (1, 0, pytest.approx(0.25))
+
+
+def test_analysis_text_states_the_numbers() -> None:
+    matrix = ev.confusion(LABELS, PRED)
+    train_counts = np.array([400, 40, 400, 700, 480, 300, 500])
+    text = ev.confusion_analysis("cnn4", "val", matrix, train_counts, k=3)
+    assert "disgust → angry: 100.0% of disgust val images (2 of 2)" in text
+    # disgust and surprise both have recall 0; ties keep class order, so surprise comes last.
+    share = 300 / train_counts.sum()
+    assert f"Worst recognised: **surprise**, recall 0.0% ({share:.1%} of the training data)" in text
+    assert "Best recognised: **happy**, recall 100.0%" in text
+    rho = ev.recall_frequency_correlation(np.diag(ev.row_normalise(matrix)), train_counts)
+    assert f"ρ = {rho:.2f}" in text
+
+
+def test_reliability_bins() -> None:
+    probs = np.array([[0.95, 0.05] + [0] * 5, [0.55, 0.45] + [0] * 5])
+    rel = ev.reliability(np.array([0, 1]), probs, 10)
+    assert rel.count[9] == 1 and rel.count[5] == 1
+    assert rel.ece == pytest.approx((abs(1 - 0.95) + abs(0 - 0.55)) / 2)

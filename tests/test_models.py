@@ -1,0 +1,49 @@
+"""The two architectures, the layer table and checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fer.models import build_model, layer_table, layer_table_markdown, load_model, save_checkpoint
+from fer.params import ModelParams
+
+
+def params(arch: str, batch_norm: bool = False) -> ModelParams:
+    return ModelParams(arch=arch, batch_norm=batch_norm, dropout_conv=0.0, dropout_fc=0.0, fc_hidden=256)
+
+
+def test_cnn4_matches_the_study() -> None:
+    rows = {r.name: r for r in layer_table(build_model(params("cnn4")))}
+    convs = [r for r in rows.values() if r.kind == "Conv2d"]
+    assert [r.output_shape for r in convs] == [(32, 48, 48), (64, 24, 24), (128, 12, 12), (128, 6, 6)]
+    assert rows["classifier.0"].output_shape == (1152,)
+    assert rows["classifier.1"].parameters == 1152 * 256 + 256
+    assert rows["classifier.4"].output_shape == (7,)
+    assert [r.parameters for r in convs] == [9 * 32 + 32, 32 * 64 * 9 + 64, 64 * 128 * 9 + 128, 128 * 128 * 9 + 128]
+
+
+def test_cnn3_widths() -> None:
+    convs = [r for r in layer_table(build_model(params("cnn3"))) if r.kind == "Conv2d"]
+    assert [r.output_shape[0] for r in convs] == [64, 128, 512]
+
+
+@pytest.mark.parametrize("arch", ["cnn4", "cnn3"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_layer_table_totals_equal_parameter_count(arch: str, batch_norm: bool) -> None:
+    model = build_model(params(arch, batch_norm))
+    rows = layer_table(model)
+    assert sum(r.parameters for r in rows) == sum(p.numel() for p in model.parameters())
+    assert f"**{sum(p.numel() for p in model.parameters()):,}**" in layer_table_markdown(rows, arch)
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
+    model = build_model(params("cnn4", batch_norm=True))
+    model.standardize.mean.fill_(0.3)
+    save_checkpoint(model, params("cnn4", batch_norm=True), tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")
+    x = torch.rand(3, 1, 48, 48)
+    model.eval()
+    torch.testing.assert_close(loaded(x), model(x))
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["model_params"]["arch"] == "cnn4"
