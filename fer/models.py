@@ -50,6 +50,7 @@ class ConvNet(nn.Module):
 
     def __init__(self, params: ModelParams) -> None:
         super().__init__()
+        self.params = params
         channels = ARCHITECTURES[params.arch]
         self.standardize = Standardize()
         widths = (1, *channels)

@@ -140,6 +140,9 @@ class VisualizeParams:
     smoothgrad_noise: float
     smoothgrad_samples: int
     ig_steps: int
+    sanity_images: int
+    deletion_max_fraction: float
+    deletion_steps: int
     act_max_steps: int
     act_max_lr: float
     act_max_tv: float

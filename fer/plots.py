@@ -84,8 +84,10 @@ def image_gallery(images: np.ndarray, captions: Sequence[str], title: str, colum
 
 
 def saliency_figure(images: np.ndarray, maps: dict[str, np.ndarray], captions: Sequence[str],
-                    title: str) -> Figure:
-    """Rows = images; columns = the image, then each method's map as an overlay."""
+                    title: str, notes: dict[str, str] | None = None) -> Figure:
+    """Rows = images; columns = the image, then each method's map as an overlay; `notes` (per
+    method, e.g. sanity numbers) go under the column titles."""
+    notes = notes or {}
     methods = list(maps)
     fig, axes = plt.subplots(len(images), 1 + len(methods), figsize=(1.9 * (1 + len(methods)), 1.9 * len(images)),
                              squeeze=False)
@@ -99,7 +101,8 @@ def saliency_figure(images: np.ndarray, maps: dict[str, np.ndarray], captions: S
             axes[row, col].imshow(image, cmap="gray", vmin=0, vmax=255)
             axes[row, col].imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
             if row == 0:
-                axes[row, col].set_title(method, fontsize=8)
+                label = f"{method}\n{notes[method]}" if method in notes else method
+                axes[row, col].set_title(label, fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

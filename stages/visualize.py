@@ -15,28 +15,65 @@ from fer.filters import activation_maximisation, block_index, channel_means
 from fer.io import atomic_dir, read_json, save_figure, write_json, write_npz
 from fer.models import load_model
 from fer.params import VisualizeParams, load_section
-from fer.saliency import attribution_maps, select_examples
+from fer.evaluation import confusion, top_confusions
+from fer.saliency import METHODS, attribution_maps, class_mean_grad_cam, contrast_maps, select_examples
+from fer.sanity import sanity_report
 from fer.training import predict_logits, seed_everything, to_input
 
 TOP_EXAMPLES = 9
+# Occlusion is left out of the sanity numbers: it costs 256 forward passes per image.
+SANITY_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "grad_cam")
 
 
-def saliency_outputs(name: str, models_dir: Path, val, params: VisualizeParams, out: Path) -> None:
+def saliency_outputs(name: str, models_dir: Path, val, params: VisualizeParams, out: Path) -> dict:
+    """Maps for one image per class, the sanity numbers, the largest confusion cell's contrast
+    maps and the per-class mean Grad-CAM; returns the sanity report."""
     model = load_model(models_dir / name / "model.pt")
-    predicted = predict_logits(model, val.images, torch.device("cpu")).argmax(1).numpy()
+    cpu = torch.device("cpu")
+    predicted = predict_logits(model, val.images, cpu).argmax(1).numpy()
+    x_all = to_input(torch.as_tensor(val.images), cpu).contiguous()
+    labels = torch.as_tensor(val.labels)
+
+    def maps_of(net, x, targets, methods=METHODS):
+        return attribution_maps(net, x, targets, params.smoothgrad_noise, params.smoothgrad_samples,
+                                params.ig_steps, methods)
+
+    sample = np.random.default_rng(params.seed).permutation(len(val))[:params.sanity_images]
+    fractions = np.linspace(0, params.deletion_max_fraction, params.deletion_steps + 1)
+    sanity = sanity_report(model, x_all[sample], labels[sample], None if val.masks is None else val.masks[sample],
+                           SANITY_METHODS, maps_of, fractions, params.seed)
+    write_json(out / "sanity.json", sanity | {"val_index": sample})
+
     chosen = select_examples(val.labels, predicted, per_class=1, seed=params.seed)
-    x = to_input(torch.as_tensor(val.images[chosen]), torch.device("cpu")).contiguous()
-    maps = attribution_maps(model, x, torch.as_tensor(val.labels[chosen]), params.smoothgrad_noise,
-                            params.smoothgrad_samples, params.ig_steps)
+    maps = maps_of(model, x_all[chosen], labels[chosen])
     captions = [f"#{i} {CLASS_NAMES[t]}\npred {CLASS_NAMES[p]}"
                 for i, t, p in zip(chosen, val.labels[chosen], predicted[chosen])]
+    notes = {m: f"rand. r={sanity[m]['randomisation_spearman']:.2f} del={sanity[m]['deletion_auc']:.2f}"
+             for m in maps if m in sanity}
     save_figure(out / "saliency.png", plots.saliency_figure(
-        val.images[chosen], maps, captions, f"{name}: saliency for the true class (validation)"))
-    write_npz(out / "saliency.npz", val_index=chosen, target=val.labels[chosen], predicted=predicted[chosen],
-              **maps)
-    write_json(out / "saliency_examples.json", {"split": "val", "val_index": chosen,
-                                                "true": [CLASS_NAMES[t] for t in val.labels[chosen]],
-                                                "predicted": [CLASS_NAMES[p] for p in predicted[chosen]]})
+        val.images[chosen], maps, captions, f"{name}: saliency for the true class (validation)", notes))
+    write_npz(out / "saliency.npz", val_index=chosen, target=val.labels[chosen], predicted=predicted[chosen], **maps)
+
+    matrix = confusion(val.labels, predicted)
+    pair = top_confusions(matrix, 1)
+    if pair:
+        t, p = pair[0].true, pair[0].predicted
+        rows = np.flatnonzero((val.labels == t) & (predicted == p))[:3]
+        xb = x_all[rows]
+        true_t, pred_t = torch.full((len(rows),), t), torch.full((len(rows),), p)
+        cell = {f"grad {CLASS_NAMES[t]} (true)": maps_of(model, xb, true_t, ("gradient",))["gradient"],
+                f"grad {CLASS_NAMES[p]} (pred)": maps_of(model, xb, pred_t, ("gradient",))["gradient"],
+                "contrast true-pred": contrast_maps(model, xb, true_t, pred_t)}
+        save_figure(out / "confusion_saliency.png", plots.saliency_figure(
+            val.images[rows], cell, [f"#{r}" for r in rows], f"{name}: {CLASS_NAMES[t]} → {CLASS_NAMES[p]}"))
+        write_npz(out / "confusion_saliency.npz", val_index=rows, true=t, predicted=p,
+                  true_map=cell[f"grad {CLASS_NAMES[t]} (true)"], predicted_map=cell[f"grad {CLASS_NAMES[p]} (pred)"],
+                  contrast_map=cell["contrast true-pred"])
+    means = class_mean_grad_cam(model, x_all, labels)
+    save_figure(out / "grad_cam_class_means.png", plots.image_gallery(
+        means, list(CLASS_NAMES), f"{name}: mean Grad-CAM per true class (validation)", columns=7))
+    write_npz(out / "grad_cam_class_means.npz", maps=means)
+    return sanity
 
 
 def filter_outputs(name: str, models_dir: Path, val, params: VisualizeParams, out: Path) -> None:
@@ -67,18 +104,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models-dir", default="models", help="where train_<model> wrote its outputs")
     parser.add_argument("--data", default="data/prepared", help="prepared data directory")
     parser.add_argument("--out", default="results/visualize", help="output directory")
+    parser.add_argument("--metrics", default="metrics", help="directory of saliency_sanity.json")
     args = parser.parse_args(argv)
     params = load_section(VisualizeParams, "visualize", args.params)
     seed_everything(params.seed)
     val = load_split(Path(args.data) / "val.npz")
     models_dir = Path(args.models_dir)
     with atomic_dir(args.out) as tmp:
-        saliency_outputs(params.saliency_model, models_dir, val, params, tmp / params.saliency_model)
+        sanity = saliency_outputs(params.saliency_model, models_dir, val, params, tmp / params.saliency_model)
         filter_outputs(params.filters_model, models_dir, val, params, tmp / params.filters_model)
+    write_json(Path(args.metrics) / "saliency_sanity.json", {params.saliency_model: sanity})
     for name in {params.saliency_model, params.filters_model}:
         run = read_json(models_dir / name / "run.json")
         with tracking.model_run(run["experiment"], name, run["run_id"]):
             tracking.log_artifacts(Path(args.out) / name, "visualize")
+            if name == params.saliency_model:
+                tracking.log_metrics(sanity, prefix="saliency_")
     print(f"wrote {args.out}: saliency of {params.saliency_model}, filters of {params.filters_model}")
 
 

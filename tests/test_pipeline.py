@@ -48,6 +48,14 @@ def test_pipeline_end_to_end(tiny_project: Path) -> None:
     assert {"saliency.png", "saliency.npz"} <= visual_cnn3
     assert {"filters.png", "filters.npz"} <= visual_cnn4
 
+    # The registered model predicts through MLflow's generic interface on any batch size.
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{tiny_params()['train_cnn4']['registered_model']}/1")
+    assert pyfunc.predict(np.random.default_rng(0).random((3, 1, 48, 48), dtype=np.float32)).shape == (3, 7)
+
     # A second repro is a no-op.
     again = run(["dvc", "repro"], tiny_project)
     assert stages_run(again.stdout) == []

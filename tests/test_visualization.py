@@ -1,16 +1,22 @@
-"""Saliency against autograd; activation maximisation actually maximises."""
+"""Saliency against autograd, the sanity numbers, and activation maximisation that maximises."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from fer.data.synthetic import generate_split
 from fer.filters import activation_maximisation, block_index, channel_means, pre_relu
 from fer.models import build_model
-from fer.params import ModelParams
-from fer.saliency import attribution_maps, select_examples
+from fer.params import ModelParams, TrainParams, load_section
+from fer.saliency import attribution_maps, contrast_maps, select_examples
+from fer.sanity import rank_correlations, sanity_report
+from fer.training import fit, seed_everything
+from tests.conftest import ROOT
 
 
 def model(arch: str = "cnn4") -> torch.nn.Module:
@@ -39,25 +45,60 @@ def test_select_examples_prefers_correct_predictions() -> None:
     assert (predicted[chosen] == labels[chosen]).all()
 
 
-def trained_cnn4() -> torch.nn.Module:
-    """CNN4 after one quick epoch on synthetic faces (a random net has many dead channels)."""
-    import dataclasses
-
-    from fer.data.synthetic import generate_split
-    from fer.params import TrainParams, load_section
-    from fer.training import fit
-    from tests.conftest import ROOT
-
+@pytest.fixture(scope="module")
+def trained_cnn4():
+    """CNN4 after three quick epochs on synthetic faces, and a validation split with masks."""
     params = load_section(TrainParams, "train_cnn4", ROOT / "params.yaml")
-    params = dataclasses.replace(params, epochs=1, batch_size=32)
-    net = model()
-    train, val = generate_split(320, 0), generate_split(64, 1)
-    fit(net, train, val, params, torch.device("cpu"), Path(tempfile.mkdtemp()) / "ckpt.pt", "job", None)
+    params = dataclasses.replace(params, epochs=3, batch_size=32)
+    seed_everything(0)
+    net = build_model(params.model)
+    train, val = generate_split(900, 0), generate_split(96, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(net, train, val, params, torch.device("cpu"), Path(tmp) / "ckpt.pt", "job", None)
     return net.eval(), val
 
 
-def test_activation_maximisation_raises_each_channel() -> None:
-    net, val = trained_cnn4()
+def test_sanity_numbers_on_synthetic_faces(trained_cnn4) -> None:
+    net, val = trained_cnn4
+    x = torch.as_tensor(val.images[:64, None] / 255.0, dtype=torch.float32)
+    targets = torch.as_tensor(val.labels[:64])
+
+    def maps_of(model, inputs, labels, methods):
+        return attribution_maps(model, inputs, labels, 0.15, 4, 8, methods)
+
+    report = sanity_report(net, x, targets, val.masks[:64], ("gradient", "grad_cam"), maps_of,
+                           np.linspace(0, 0.1, 6), seed=0)
+    assert report["gradient"]["mass_in_mask"] >= 2 * report["mask_area_fraction"]
+    assert report["gradient"]["pointing_game"] >= report["random_map"]["pointing_game"] + 0.4
+    assert report["gradient"]["randomisation_spearman"] < 0.3
+    assert report["grad_cam"]["randomisation_spearman"] < 0.3
+    assert report["edges"]["randomisation_spearman"] > 0.9
+    assert report["gradient"]["deletion_auc"] < report["random_order"]["deletion_auc"]
+    assert report["gradient"]["insertion_auc"] > report["random_order"]["insertion_auc"]
+
+
+def test_rank_correlation_handles_constant_maps() -> None:
+    maps = np.random.default_rng(0).random((3, 48, 48))
+    zeros = np.zeros_like(maps)
+    values = rank_correlations(maps, zeros)
+    assert np.isfinite(values).all() and (values == 0).all()
+    assert rank_correlations(zeros, zeros).tolist() == [1.0, 1.0, 1.0]
+    assert rank_correlations(maps, maps * 2 + 1) == pytest.approx(1.0)
+
+
+def test_contrast_map_is_the_gradient_of_the_logit_difference(trained_cnn4) -> None:
+    net, _ = trained_cnn4
+    x = torch.rand(3, 1, 48, 48)
+    true, pred = torch.tensor([1, 2, 5]), torch.tensor([0, 5, 2])
+    x_ref = x.clone().requires_grad_(True)
+    logits = net(x_ref)
+    (logits[torch.arange(3), true] - logits[torch.arange(3), pred]).sum().backward()
+    np.testing.assert_allclose(contrast_maps(net, x, true, pred), x_ref.grad.abs().squeeze(1).numpy(),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_activation_maximisation_raises_each_channel(trained_cnn4) -> None:
+    net, val = trained_cnn4
     block = block_index(net, "last")
     assert block == 3 and block_index(net, "features.1.0") == 1
     images, start, final = activation_maximisation(net, block, steps=40, lr=0.03, tv_weight=0.05, seed=0)

@@ -1,0 +1,126 @@
+"""Benchmark: training throughput of the pipeline against the bare compute and a plain loop.
+
+Measured in one run, same model (train_cnn4's architecture from params.yaml), same batch size:
+  (a) bare forward + backward + optimizer step on random tensors already in memory;
+  (b) the training stage's `fit` end to end: uint8 data in memory, batched augmentation,
+      the per-epoch validation pass, history and checkpoint writing;
+  (c) a plain reference: DataLoader over a TensorDataset with per-sample augmentation
+      (random shift, flip, rotation/scale per image), no validation.
+Prints images/second of each and the ratios (b)/(a) and (b)/(c).
+
+Usage: python benchmarks/train_speed.py [--images 4096] [--batch-size 128] [--model cnn4]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
+
+from fer.data.synthetic import generate_split  # noqa: E402
+from fer.models import build_model  # noqa: E402
+from fer.params import TrainParams, load_section  # noqa: E402
+from fer.training import fit, make_optimizer, seed_everything  # noqa: E402
+
+
+def bare(params: TrainParams, n_images: int) -> float:
+    model = build_model(params.model).to(memory_format=torch.channels_last).train()
+    optimizer = make_optimizer(model, params)
+    x = torch.rand(params.batch_size, 1, 48, 48).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 7, (params.batch_size,))
+    steps = max(1, n_images // params.batch_size)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * params.batch_size / (time.perf_counter() - started)
+
+
+def pipeline(params: TrainParams, train, val) -> float:
+    one_epoch = dataclasses.replace(params, epochs=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = fit(build_model(params.model), train, val, one_epoch, torch.device("cpu"),
+                     Path(tmp) / "ckpt.pt", "benchmark", None)
+    # The second epoch (the first warms up allocators), including validation and checkpointing.
+    return len(train) / result.history[1].epoch_seconds
+
+
+class PerSampleAugmented(Dataset):
+    """The usual tutorial pattern: augment one image at a time in __getitem__."""
+
+    def __init__(self, base: TensorDataset, params: TrainParams) -> None:
+        self.base, self.augment = base, params.augment
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, label = self.base[index]
+        x = image.float().div(255).unsqueeze(0)
+        a = self.augment
+        angle = math.radians((torch.rand(1).item() * 2 - 1) * a.max_rotation)
+        scale = 1 + (torch.rand(1).item() * 2 - 1) * a.max_scale
+        flip = -1.0 if a.flip and torch.rand(1).item() < 0.5 else 1.0
+        shift = [(torch.rand(1).item() * 2 - 1) * a.max_shift * 2 / 48 for _ in range(2)]
+        theta = torch.tensor([[math.cos(angle) / scale * flip, -math.sin(angle) / scale, shift[0]],
+                              [math.sin(angle) / scale * flip, math.cos(angle) / scale, shift[1]]])
+        grid = F.affine_grid(theta[None], [1, 1, 48, 48], align_corners=False)
+        return F.grid_sample(x[None], grid, padding_mode="border", align_corners=False)[0], label
+
+
+def reference(params: TrainParams, train, n_images: int) -> float:
+    model = build_model(params.model).train()
+    optimizer = make_optimizer(model, params)
+    data = PerSampleAugmented(TensorDataset(torch.as_tensor(train.images[:n_images]),
+                                            torch.as_tensor(train.labels[:n_images])), params)
+    loader = DataLoader(data, batch_size=params.batch_size, shuffle=True)
+    started = time.perf_counter()
+    seen = 0
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(y)
+    return seen / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4096, help="training images per measurement")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--model", default="cnn4", help="reads params section train_<model>")
+    args = parser.parse_args()
+    params = load_section(TrainParams, f"train_{args.model}", ROOT / "params.yaml")
+    params = dataclasses.replace(params, batch_size=args.batch_size)
+    seed_everything(0)
+    train, val = generate_split(args.images, 0), generate_split(args.images // 8, 1)
+    print(f"{args.model}, batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads")
+    a = bare(params, args.images)
+    b = pipeline(params, train, val)
+    c = reference(params, train, args.images)
+    print(f"(a) bare forward+backward+step: {a:7.0f} images/s")
+    print(f"(b) pipeline fit (aug + val):   {b:7.0f} images/s")
+    print(f"(c) DataLoader, per-sample aug: {c:7.0f} images/s")
+    print(f"(b)/(a) = {b / a:.2f}   (b)/(c) = {b / c:.2f}")
+
+
+if __name__ == "__main__":
+    main()

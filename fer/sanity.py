@@ -1,0 +1,127 @@
+"""Evidence that saliency maps reflect the model, not just the image (Adebayo et al. 2018).
+
+- Randomisation test: rank correlation between a method's maps for the trained model and for a
+  re-initialised copy. Maps that survive randomisation (high correlation) explain the image,
+  not the model; a model-free edge detector is the control that must score ~1.
+- Deletion / insertion: removing the most salient pixels first should drop the target
+  probability faster, and inserting them first raise it faster, than a random order.
+- Pointing game and mass in the ground-truth masks (synthetic data): does the map point at the
+  drawn expression features?
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from fer.models import ConvNet, build_model
+
+
+def randomised_copy(model: ConvNet, seed: int) -> ConvNet:
+    """Same architecture and normalisation, freshly initialised weights and BatchNorm statistics."""
+    torch.manual_seed(seed)
+    fresh = build_model(model.params)
+    fresh.standardize.load_state_dict(model.standardize.state_dict())
+    return fresh.eval()
+
+
+def rank_correlations(maps_a: np.ndarray, maps_b: np.ndarray) -> np.ndarray:
+    """Spearman correlation per image; a constant map (no ranking) correlates 0 with anything,
+    so randomised models that produce all-zero maps never yield NaN."""
+    values = []
+    for a, b in zip(maps_a.reshape(len(maps_a), -1), maps_b.reshape(len(maps_b), -1)):
+        if np.ptp(a) == 0 or np.ptp(b) == 0:
+            values.append(1.0 if np.array_equal(a, b) else 0.0)
+        else:
+            values.append(float(spearmanr(a, b).statistic))
+    return np.asarray(values)
+
+
+def edge_map(images: np.ndarray) -> np.ndarray:
+    """Sobel gradient magnitude: the model-free control of the randomisation test."""
+    x = images.astype(np.float64)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    gx = (padded[:, 1:-1, 2:] - padded[:, 1:-1, :-2]) * 2 + (padded[:, :-2, 2:] - padded[:, :-2, :-2]) \
+        + (padded[:, 2:, 2:] - padded[:, 2:, :-2])
+    gy = (padded[:, 2:, 1:-1] - padded[:, :-2, 1:-1]) * 2 + (padded[:, 2:, :-2] - padded[:, :-2, :-2]) \
+        + (padded[:, 2:, 2:] - padded[:, :-2, 2:])
+    return np.hypot(gx, gy)
+
+
+@torch.no_grad()
+def perturbation_curves(model: ConvNet, x: torch.Tensor, targets: torch.Tensor, order: np.ndarray,
+                        fractions: np.ndarray, baseline: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Target-class probability while the pixels in `order` (per image, most important first)
+    are deleted (set to `baseline`) or inserted (into an all-`baseline` image), at each fraction.
+
+    Returns (deletion, insertion), each (len(fractions), N).
+    """
+    model.eval()
+    n, pixels = len(x), x[0].numel()
+    flat = x.reshape(n, -1)
+    rank = np.empty_like(order)
+    rank[np.arange(n)[:, None], order] = np.arange(pixels)[None, :]
+    rank_t = torch.as_tensor(rank)
+    deletion, insertion = [], []
+    for fraction in fractions:
+        chosen = rank_t < int(round(fraction * pixels))
+        deleted = torch.where(chosen, torch.full_like(flat, baseline), flat).reshape(x.shape)
+        inserted = torch.where(chosen, flat, torch.full_like(flat, baseline)).reshape(x.shape)
+        for batch, store in ((deleted, deletion), (inserted, insertion)):
+            probs = model(batch).softmax(dim=1)
+            store.append(probs[torch.arange(n), targets].numpy())
+    return np.asarray(deletion), np.asarray(insertion)
+
+
+def area_under(curve: np.ndarray, fractions: np.ndarray) -> float:
+    """Mean over images of the trapezoid area, normalised by the fraction range (so in [0, 1])."""
+    span = fractions[-1] - fractions[0]
+    return float(np.mean(np.trapezoid(curve, fractions, axis=0) / span))
+
+
+def pointing_game(maps: np.ndarray, masks: np.ndarray) -> float:
+    """Share of images whose most salient pixel lies inside the ground-truth mask."""
+    flat = maps.reshape(len(maps), -1)
+    top = flat.argmax(axis=1)
+    return float(np.mean(masks.reshape(len(masks), -1)[np.arange(len(maps)), top] > 0))
+
+
+def mass_in_mask(maps: np.ndarray, masks: np.ndarray) -> float:
+    """Mean share of (non-negative) saliency mass that falls inside the mask."""
+    flat = np.clip(maps.reshape(len(maps), -1), 0, None)
+    total = flat.sum(axis=1)
+    inside = (flat * (masks.reshape(len(masks), -1) > 0)).sum(axis=1)
+    return float(np.mean(np.divide(inside, total, out=np.zeros_like(inside), where=total > 0)))
+
+
+def sanity_report(model: ConvNet, x: torch.Tensor, targets: torch.Tensor, masks: np.ndarray | None,
+                  methods: tuple[str, ...], map_fn, fractions: np.ndarray, seed: int) -> dict:
+    """All sanity numbers for `methods` on inputs x (N, 1, 48, 48) in [0, 1].
+
+    `map_fn(model, x, targets, methods)` returns the maps; it is called for the trained model and
+    for a randomised copy. The edge-detector control is reported as the method `edges`.
+    """
+    trained = map_fn(model, x, targets, methods)
+    randomised = map_fn(randomised_copy(model, seed), x, targets, methods)
+    images = x.squeeze(1).numpy()
+    trained["edges"], randomised["edges"] = edge_map(images), edge_map(images)
+    rng = np.random.default_rng(seed)
+    random_order = np.stack([rng.permutation(images[0].size) for _ in images])
+    del_random, ins_random = perturbation_curves(model, x, targets, random_order, fractions)
+    report: dict = {"images": len(x), "random_order": {
+        "deletion_auc": area_under(del_random, fractions), "insertion_auc": area_under(ins_random, fractions)}}
+    if masks is not None:
+        report["mask_area_fraction"] = float((masks > 0).mean())
+        random_maps = rng.random(images.shape)
+        report["random_map"] = {"pointing_game": pointing_game(random_maps, masks),
+                                "mass_in_mask": mass_in_mask(random_maps, masks)}
+    for name, maps in trained.items():
+        order = np.argsort(-maps.reshape(len(maps), -1), axis=1, kind="stable")
+        deletion, insertion = perturbation_curves(model, x, targets, order, fractions)
+        entry = {"randomisation_spearman": float(rank_correlations(maps, randomised[name]).mean()),
+                 "deletion_auc": area_under(deletion, fractions),
+                 "insertion_auc": area_under(insertion, fractions)}
+        if masks is not None:
+            entry.update(pointing_game=pointing_game(maps, masks), mass_in_mask=mass_in_mask(maps, masks))
+        report[name] = entry
+    return report
