@@ -20,7 +20,7 @@ def stages_run(output: str) -> list[str]:
 
 def test_pipeline_end_to_end(tiny_project: Path) -> None:
     first = run(["dvc", "repro"], tiny_project)
-    assert stages_run(first.stdout) == ["prepare", "train_cnn4", "train_cnn3", "evaluate", "visualize"]
+    assert stages_run(first.stdout) == ["prepare", "train_cnn4", "train_cnn3", "evaluate", "visualize", "report"]
     for path in ("data/prepared/train.npz", "models/cnn4/model.pt", "models/cnn3/history.csv",
                  "metrics/cnn4.json", "metrics/cnn3.json", "results/evaluate/cnn4/confusion_val.png",
                  "results/visualize/cnn3/saliency.png", "results/visualize/cnn4/filters.png", "dvc.lock"):
@@ -56,6 +56,8 @@ def test_pipeline_end_to_end(tiny_project: Path) -> None:
     pyfunc = mlflow.pyfunc.load_model(f"models:/{tiny_params()['train_cnn4']['registered_model']}/1")
     assert pyfunc.predict(np.random.default_rng(0).random((3, 1, 48, 48), dtype=np.float32)).shape == (3, 7)
 
+    assert_report_matches_metrics(tiny_project)
+
     # A second repro is a no-op.
     again = run(["dvc", "repro"], tiny_project)
     assert stages_run(again.stdout) == []
@@ -64,15 +66,42 @@ def test_pipeline_end_to_end(tiny_project: Path) -> None:
     # and DVC reports the params and metrics change against the commit.
     run(["git", "add", "-A"], tiny_project)
     run(["git", "commit", "-qm", "baseline"], tiny_project)
+    report_before = (tiny_project / "reports" / "report.md").read_text()
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())
     params["train_cnn3"]["lr"] = 0.0005
     write_params(tiny_project / "params.yaml", params)
     changed = run(["dvc", "repro"], tiny_project)
-    assert stages_run(changed.stdout) == ["train_cnn3", "evaluate", "visualize"]
+    assert stages_run(changed.stdout) == ["train_cnn3", "evaluate", "visualize", "report"]
+    assert (tiny_project / "reports" / "report.md").read_text() != report_before
+    assert_report_matches_metrics(tiny_project)
     assert "train_cnn3.lr" in run(["dvc", "params", "diff"], tiny_project).stdout
     assert "metrics/cnn3.json" in run(["dvc", "metrics", "diff"], tiny_project).stdout
     runs_after = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "cnn3"]
     assert len(runs_after) == 2
+
+
+def assert_report_matches_metrics(project: Path) -> None:
+    """Every section present, every image embedded, no external URL, numbers = metrics files."""
+    import json
+
+    from fer.report import SECTIONS, SUMMARY_METRICS
+
+    page = (project / "reports" / "report.html").read_text()
+    markdown_text = (project / "reports" / "report.md").read_text()
+    for section in SECTIONS:
+        assert f"<h2>{section}</h2>" in page and f"## {section}" in markdown_text
+    images = re.findall(r"<img[^>]*>", page)
+    assert len(images) == markdown_text.count("![") >= 15
+    assert all('src="data:image/png;base64,' in tag for tag in images)
+    assert not re.search(r"https?://", page)
+    assert not re.search(r'(src|href)="(?!data:)', page)
+    assert "<math" in page and "$$" not in page
+    for model in ("cnn4", "cnn3"):
+        metrics = json.loads((project / "metrics" / f"{model}.json").read_text())
+        for split in ("train", "val", "test"):
+            row = f"| {split} | " + " | ".join(f"{metrics[split][m]:.4f}" for m in SUMMARY_METRICS) + " |"
+            assert row in markdown_text, row
+            assert f"<td>{metrics[split]['accuracy']:.4f}</td>" in page
 
 
 def test_prepare_missing_source_fails_cleanly(tiny_project: Path) -> None:
