@@ -14,10 +14,15 @@ from fer.training import TrainingDiverged
 EXPECTED_ERRORS = (DataError, ParamsError, TrainingDiverged, FileNotFoundError)
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, reads_data: bool = True, reads_models: bool = False) -> argparse.ArgumentParser:
+    """The stage's parser: --params, --data (the prepared data) and --models-dir, as used."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--params", default="params.yaml", help="the params file to read")
+    if reads_data:
+        p.add_argument("--data", default="data/prepared", help="prepared data directory")
+    if reads_models:
+        p.add_argument("--models-dir", default="models", help="where train_<model> wrote its outputs")
     return p
 
 

@@ -132,7 +132,8 @@ def build_markdown(inputs: dict[str, Any], report_dir: Path) -> str:
             f"- max |analytic − central finite differences| = {g['max_error_vs_finite_differences']:.2e}",
             f"- logits of ±1000 (a naive softmax overflows): max |analytic − autograd| = "
             f"{g['max_error_vs_autograd_logits_1000']:.2e}", ""]
-    out += [f"## {SECTIONS[6]}", ""] + [f"- {k}: {v}" for k, v in inputs["facts"].items()] + [""]
+    out += [f"## {SECTIONS[6]}", ""] + [f"- {k}: {v}" for k, v in inputs["facts"].items()]
+    out += ["", "The params of this run (`params.yaml`):", "", "```yaml", inputs["params_yaml"].strip(), "```", ""]
     return "\n".join(out)
 
 
@@ -172,7 +173,7 @@ def _embed_images(body: str, base: Path) -> str:
 
 
 def markdown_to_html(text: str, base: Path, title: str) -> str:
-    body = markdown.markdown(_math_to_mathml(text), extensions=["tables"])
+    body = markdown.markdown(_math_to_mathml(text), extensions=["tables", "fenced_code"])
     body = _embed_images(body, base)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45;padding:0 1em}"
              "img{max-width:100%}table{border-collapse:collapse;margin:1em 0}"

@@ -76,10 +76,8 @@ def evaluate_model(name: str, models_dir: Path, splits: dict[str, Split], params
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.parser(__doc__)
+    parser = cli.parser(__doc__, reads_models=True)
     parser.add_argument("--models", nargs="+", default=["cnn4", "cnn3"], help="models to evaluate")
-    parser.add_argument("--models-dir", default="models", help="where train_<model> wrote its outputs")
-    parser.add_argument("--data", default="data/prepared", help="prepared data directory")
     parser.add_argument("--out", default="results/evaluate", help="output directory")
     parser.add_argument("--metrics", default="metrics", help="directory of the <model>.json metrics files")
     args = parser.parse_args(argv)

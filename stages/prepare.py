@@ -12,7 +12,7 @@ from fer.params import PrepareParams, TrackingParams, load_section, section_dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.parser(__doc__)
+    parser = cli.parser(__doc__, reads_data=False)
     parser.add_argument("--out", default="data/prepared", help="output directory")
     args = parser.parse_args(argv)
     params = load_section(PrepareParams, "prepare", args.params)

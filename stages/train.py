@@ -19,7 +19,6 @@ from fer.training import fingerprint, fit, load_resume_state, seed_everything, s
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(__doc__)
     parser.add_argument("--model", required=True, help="model name: reads params section train_<model>")
-    parser.add_argument("--data", default="data/prepared", help="prepared data directory")
     parser.add_argument("--out", help="output directory (default models/<model>)")
     parser.add_argument("--checkpoints", default="checkpoints", help="resume-state directory (not a DVC output)")
     args = parser.parse_args(argv)

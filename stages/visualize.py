@@ -100,9 +100,7 @@ def filter_outputs(name: str, models_dir: Path, val, params: VisualizeParams, ou
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.parser(__doc__)
-    parser.add_argument("--models-dir", default="models", help="where train_<model> wrote its outputs")
-    parser.add_argument("--data", default="data/prepared", help="prepared data directory")
+    parser = cli.parser(__doc__, reads_models=True)
     parser.add_argument("--out", default="results/visualize", help="output directory")
     parser.add_argument("--metrics", default="metrics", help="directory of saliency_sanity.json")
     args = parser.parse_args(argv)
