@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from fer import NUM_CLASSES
 from fer.augment import augment_batch
 from fer.data import Split
 from fer.io import atomic_path
@@ -108,7 +109,7 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor, de
         if flip_tta:
             logits = (logits + model(torch.flip(x, dims=[3]))) / 2
         outputs.append(logits.float().cpu())
-    return torch.cat(outputs) if outputs else torch.zeros(0, 7)
+    return torch.cat(outputs) if outputs else torch.zeros(0, NUM_CLASSES)
 
 
 def _loss_and_accuracy(model: torch.nn.Module, split: Split, device: torch.device) -> tuple[float, float]:

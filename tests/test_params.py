@@ -25,3 +25,13 @@ def test_bad_values_are_named(tmp_path: Path, change: dict, message: str) -> Non
     write_params(tmp_path / "params.yaml", tiny_params(train_cnn4=change))
     with pytest.raises(ParamsError, match=message):
         load_section(TrainParams, "train_cnn4", tmp_path / "params.yaml")
+
+
+def test_fer2013_profile_is_a_complete_params_file() -> None:
+    from fer.params import EvaluateParams, TrackingParams, VisualizeParams
+
+    profile = ROOT / "params" / "fer2013.yaml"
+    for cls, section in ((TrackingParams, "tracking"), (PrepareParams, "prepare"), (TrainParams, "train_cnn4"),
+                         (TrainParams, "train_cnn3"), (EvaluateParams, "evaluate"), (VisualizeParams, "visualize")):
+        load_section(cls, section, profile)
+    assert load_section(PrepareParams, "prepare", profile).source.endswith("fer2013.csv.gz")
