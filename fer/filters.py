@@ -37,10 +37,29 @@ def pre_relu(model: ConvNet, block: int, x: torch.Tensor) -> torch.Tensor:
 
 def channel_means(model: ConvNet, block: int, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Mean pre-ReLU activation of every channel for every image: (N, C)."""
+    return channel_statistics(model, block, images, batch_size)[0]
+
+
+def channel_statistics(model: ConvNet, block: int, images: torch.Tensor,
+                       batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per image and channel mean pre-ReLU activation (N, C), and each channel's peak pre-ReLU
+    value over all images and positions (C,): a channel whose peak is <= 0 never fires (dead)."""
     model.eval()
+    means, peaks = [], []
     with torch.no_grad():
-        return torch.cat([pre_relu(model, block, images[i:i + batch_size]).mean(dim=(2, 3))
-                          for i in range(0, len(images), batch_size)]).cpu().numpy()
+        for i in range(0, len(images), batch_size):
+            maps = pre_relu(model, block, images[i:i + batch_size])
+            means.append(maps.mean(dim=(2, 3)))
+            peaks.append(maps.amax(dim=(0, 2, 3)))
+    return torch.cat(means).cpu().numpy(), torch.stack(peaks).amax(dim=0).cpu().numpy()
+
+
+def feature_maps(model: ConvNet, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Rectified feature maps of one image (1, 1, 48, 48) at every conv layer: name -> (C, H, W)."""
+    model.eval()
+    names = list(model.conv_layers())
+    with torch.no_grad():
+        return {name: torch.relu(pre_relu(model, block, x))[0].cpu().numpy() for block, name in enumerate(names)}
 
 
 def _fourier_scale(size: int) -> torch.Tensor:

@@ -124,3 +124,27 @@ def filter_grid(images: np.ndarray, title: str, columns: int = 16) -> Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def feature_maps_figure(image: np.ndarray, maps: dict[str, np.ndarray], title: str, per_layer: int = 12) -> Figure:
+    """The input face, then one row per conv layer with its first `per_layer` rectified maps."""
+    fig, axes = plt.subplots(len(maps), per_layer + 1, figsize=((per_layer + 1) * 0.9, len(maps) * 1.0),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, (name, layer_maps) in enumerate(maps.items()):
+        axes[row, 0].imshow(image, cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].set_title(name, fontsize=6)
+        for col, fmap in enumerate(layer_maps[:per_layer], start=1):
+            axes[row, col].imshow(fmap, cmap="viridis")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def histogram_figure(values: np.ndarray, title: str, xlabel: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(values, bins=30, edgecolor="black")
+    ax.set(title=title, xlabel=xlabel, ylabel="channels")
+    fig.tight_layout()
+    return fig

@@ -117,9 +117,11 @@ def build_markdown(inputs: dict[str, Any], report_dir: Path) -> str:
             f"Activation maximisation raised the mean pre-ReLU channel activation from {s['mean_activation_start']:.3f} "
             f"(starting noise) to {s['mean_activation_final']:.3f}, against {s['mean_activation_val_images']:.3f} on "
             f"validation images; {s['channels_raised_above_val_mean']} of {s['channels']} channels end above their "
-            "validation mean.", "",
+            f"validation mean; {len(s['dead_channels'])} channels never fire on the validation images (dead).", "",
             _figure(fil["dir"] / "filters.png", "activation maximisation", report_dir),
-            _figure(fil["dir"] / "filter_examples.png", "top validation images per channel", report_dir)]
+            _figure(fil["dir"] / "filter_examples.png", "top validation images per channel", report_dir),
+            _figure(fil["dir"] / "filter_activation_histogram.png", "channel activation histogram", report_dir),
+            _figure(fil["dir"] / "feature_maps.png", "feature maps of one face", report_dir)]
     g = inputs["gradient_check"]
     out += [f"## {SECTIONS[5]}", "",
             "With logits $z$, predicted probabilities $\\hat{y}_i = e^{z_i} / \\sum_j e^{z_j}$ and a one-hot "

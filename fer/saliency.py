@@ -16,16 +16,16 @@ from fer.models import ConvNet
 METHODS = ("gradient", "smoothgrad", "integrated_gradients", "grad_cam", "occlusion")
 
 
-def select_examples(labels: np.ndarray, predicted: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """A seeded choice of `per_class` correctly classified images of each class (falling back
-    to misclassified ones where a class has too few correct ones)."""
+def select_examples(labels: np.ndarray, predicted: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded choice, per class, of one correctly classified image and, where the class has
+    any, one misclassified image."""
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
     for cls in range(NUM_CLASSES):
-        correct = np.flatnonzero((labels == cls) & (predicted == cls))
-        wrong = np.flatnonzero((labels == cls) & (predicted != cls))
-        pool = np.concatenate([rng.permutation(correct), rng.permutation(wrong)])
-        chosen.extend(pool[:per_class].tolist())
+        for pool in ((labels == cls) & (predicted == cls), (labels == cls) & (predicted != cls)):
+            rows = np.flatnonzero(pool)
+            if len(rows):
+                chosen.append(int(rng.choice(rows)))
     return np.asarray(chosen, dtype=np.int64)
 
 

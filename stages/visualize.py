@@ -11,7 +11,7 @@ import torch
 from fer import CLASS_NAMES, cli, tracking
 from fer import plots
 from fer.data import load_split
-from fer.filters import activation_maximisation, block_index, channel_means
+from fer.filters import activation_maximisation, block_index, channel_statistics, feature_maps
 from fer.io import atomic_dir, read_json, save_figure, write_json, write_npz
 from fer.models import load_model
 from fer.params import VisualizeParams, load_section
@@ -44,7 +44,7 @@ def saliency_outputs(name: str, models_dir: Path, val, params: VisualizeParams, 
                            SANITY_METHODS, maps_of, fractions, params.seed)
     write_json(out / "sanity.json", sanity | {"val_index": sample})
 
-    chosen = select_examples(val.labels, predicted, per_class=1, seed=params.seed)
+    chosen = select_examples(val.labels, predicted, seed=params.seed)
     maps = maps_of(model, x_all[chosen], labels[chosen])
     captions = [f"#{i} {CLASS_NAMES[t]}\npred {CLASS_NAMES[p]}"
                 for i, t, p in zip(chosen, val.labels[chosen], predicted[chosen])]
@@ -77,22 +77,34 @@ def saliency_outputs(name: str, models_dir: Path, val, params: VisualizeParams, 
 
 
 def filter_outputs(name: str, models_dir: Path, val, params: VisualizeParams, out: Path) -> None:
+    """Activation maximisation, top validation images, activation histogram and dead-channel
+    flags for one conv layer, and the feature maps of one face at every conv layer."""
     model = load_model(models_dir / name / "model.pt")
     block = block_index(model, params.filters_layer)
     layer = list(model.conv_layers())[block]
     images, start, final = activation_maximisation(model, block, params.act_max_steps, params.act_max_lr,
                                                    params.act_max_tv, params.seed)
-    val_means = channel_means(model, block, to_input(torch.as_tensor(val.images), torch.device("cpu")))
+    x_val = to_input(torch.as_tensor(val.images), torch.device("cpu")).contiguous()
+    val_means, peaks = channel_statistics(model, block, x_val)
+    dead = np.flatnonzero(peaks <= 0)
     top = np.argsort(-val_means, axis=0)[:TOP_EXAMPLES].T  # (C, 9) val indices per channel
     save_figure(out / "filters.png", plots.filter_grid(images, f"{name} {layer}: activation maximisation"))
     shown = min(8, len(top))
     save_figure(out / "filter_examples.png", plots.image_gallery(
         val.images[top[:shown].ravel()], [f"ch {c}" for c in range(shown) for _ in range(TOP_EXAMPLES)],
         f"{name} {layer}: top-{TOP_EXAMPLES} validation images of channels 0-{shown - 1}", columns=TOP_EXAMPLES))
+    save_figure(out / "filter_activation_histogram.png", plots.histogram_figure(
+        val_means.mean(axis=0), f"{name} {layer}: {len(dead)} dead of {len(peaks)} channels",
+        "mean pre-ReLU activation over validation images"))
+    face = int(np.random.default_rng(params.seed).integers(len(val)))
+    maps = feature_maps(model, x_val[face:face + 1])
+    save_figure(out / "feature_maps.png", plots.feature_maps_figure(
+        val.images[face], maps, f"{name}: feature maps of validation image #{face}"))
     write_npz(out / "filters.npz", images=images, activation_start=start, activation_final=final,
-              top_val_index=top, val_channel_means=val_means)
+              top_val_index=top, val_channel_means=val_means, val_channel_peaks=peaks)
+    write_npz(out / "feature_maps.npz", val_index=face, **{k.replace(".", "_"): v for k, v in maps.items()})
     write_json(out / "filters_summary.json", {
-        "layer": layer, "channels": len(images),
+        "layer": layer, "channels": len(images), "dead_channels": dead,
         "mean_activation_start": float(start.mean()), "mean_activation_final": float(final.mean()),
         "mean_activation_val_images": float(val_means.mean()),
         "channels_raised_above_val_mean": int(np.sum(final > val_means.mean(axis=0))),

@@ -75,3 +75,19 @@ def test_reliability_bins() -> None:
     rel = ev.reliability(np.array([0, 1]), probs, 10)
     assert rel.count[9] == 1 and rel.count[5] == 1
     assert rel.ece == pytest.approx((abs(1 - 0.95) + abs(0 - 0.55)) / 2)
+
+
+def test_flip_tta_averages_the_logits_of_image_and_mirror() -> None:
+    import torch
+
+    from fer.models import build_model
+    from fer.params import ModelParams
+    from fer.training import predict_logits
+
+    torch.manual_seed(0)
+    model = build_model(ModelParams("cnn4", False, 0.0, 0.0, 16)).eval()
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 48, 48), dtype=np.uint8)
+    plain = predict_logits(model, images, torch.device("cpu"))
+    mirrored = predict_logits(model, images[:, :, ::-1].copy(), torch.device("cpu"))
+    tta = predict_logits(model, images, torch.device("cpu"), flip_tta=True)
+    torch.testing.assert_close(tta, (plain + mirrored) / 2, rtol=1e-5, atol=1e-5)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fer.data.synthetic import generate_split
-from fer.filters import activation_maximisation, block_index, channel_means, pre_relu
+from fer.filters import (activation_maximisation, block_index, channel_means, channel_statistics, feature_maps,
+                         pre_relu)
 from fer.models import build_model
 from fer.params import ModelParams, TrainParams, load_section
 from fer.saliency import attribution_maps, contrast_maps, select_examples
@@ -36,13 +37,14 @@ def test_vanilla_gradient_equals_autograd() -> None:
     assert all(m.shape == (5, 48, 48) and (m >= 0).all() for m in maps.values())
 
 
-def test_select_examples_prefers_correct_predictions() -> None:
+def test_select_examples_takes_a_correct_and_a_wrong_image_per_class() -> None:
     labels = np.repeat(np.arange(7), 3)
     predicted = labels.copy()
-    predicted[::3] = (labels[::3] + 1) % 7
-    chosen = select_examples(labels, predicted, per_class=1, seed=0)
-    assert labels[chosen].tolist() == list(range(7))
-    assert (predicted[chosen] == labels[chosen]).all()
+    predicted[:9:3] = (labels[:9:3] + 1) % 7  # classes 0-2 have one mistake each
+    chosen = select_examples(labels, predicted, seed=0)
+    assert labels[chosen].tolist() == [0, 0, 1, 1, 2, 2, 3, 4, 5, 6]
+    assert (predicted[chosen] != labels[chosen]).sum() == 3
+    np.testing.assert_array_equal(chosen, select_examples(labels, predicted, seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +115,18 @@ def test_activation_maximisation_raises_each_channel(trained_cnn4) -> None:
     with torch.no_grad():
         recomputed = pre_relu(net, block, x).mean(dim=(2, 3)).diagonal().numpy()
     np.testing.assert_allclose(recomputed, final, rtol=1e-4, atol=1e-5)
+
+
+def test_feature_maps_and_dead_channels(trained_cnn4) -> None:
+    net, val = trained_cnn4
+    x = torch.as_tensor(val.images[:1, None] / 255.0, dtype=torch.float32)
+    maps = feature_maps(net, x)
+    assert [m.shape for m in maps.values()] == [(32, 48, 48), (64, 24, 24), (128, 12, 12), (128, 6, 6)]
+    assert all((m >= 0).all() for m in maps.values())
+    with torch.no_grad():  # a channel made dead by a large negative bias is flagged
+        bn = net.features[3][1]
+        saved = bn.bias[5].item()
+        bn.bias[5] = -1e4
+        _, peaks = channel_statistics(net, 3, torch.as_tensor(val.images[:, None] / 255.0, dtype=torch.float32))
+        bn.bias[5] = saved
+    assert peaks[5] <= 0 and (peaks > 0).sum() >= 100
