@@ -54,6 +54,29 @@ def channel_statistics(model: ConvNet, block: int, images: torch.Tensor,
     return torch.cat(means).cpu().numpy(), torch.stack(peaks).amax(dim=0).cpu().numpy()
 
 
+def receptive_field(block: int) -> tuple[int, int]:
+    """(size, stride) in input pixels of a unit of conv block `block`'s pre-ReLU map: every block
+    before it adds a 3x3 conv and a 2x2 pool (3, 8, 18, 38 px for blocks 0-3)."""
+    size, stride = 1, 1
+    for _ in range(block):
+        size, stride = size + 2 * stride + stride, stride * 2
+    return size + 2 * stride, stride
+
+
+def strongest_unit_boxes(model: ConvNet, block: int, x: torch.Tensor, channels: np.ndarray) -> np.ndarray:
+    """For each image x[k], the receptive field (top, left, bottom, right; inclusive, clipped)
+    of the most active unit of channel `channels[k]`."""
+    size, stride = receptive_field(block)
+    with torch.no_grad():
+        maps = pre_relu(model.eval(), block, x)[torch.arange(len(x)), torch.as_tensor(channels)]
+    width = maps.shape[-1]
+    flat = maps.reshape(len(x), -1).argmax(dim=1).numpy()
+    centre_row, centre_col = (flat // width) * stride + (stride - 1) / 2, (flat % width) * stride + (stride - 1) / 2
+    half = (size - 1) / 2
+    boxes = np.stack([centre_row - half, centre_col - half, centre_row + half, centre_col + half], axis=1)
+    return np.clip(np.round(boxes), 0, IMAGE_SIZE - 1).astype(int)
+
+
 def feature_maps(model: ConvNet, x: torch.Tensor) -> dict[str, np.ndarray]:
     """Rectified feature maps of one image (1, 1, 48, 48) at every conv layer: name -> (C, H, W)."""
     model.eval()

@@ -69,15 +69,21 @@ def history_figure(history: Sequence[dict], best_epoch: int, title: str) -> Figu
     return fig
 
 
-def image_gallery(images: np.ndarray, captions: Sequence[str], title: str, columns: int = 6) -> Figure:
-    """A grid of grayscale images with a caption under each."""
+def image_gallery(images: np.ndarray, captions: Sequence[str], title: str, columns: int = 6,
+                  boxes: np.ndarray | None = None) -> Figure:
+    """A grid of grayscale images with a caption each, and optionally one rectangle per image
+    (top, left, bottom, right), e.g. a receptive field."""
     rows = max(1, int(np.ceil(len(images) / columns)))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.7, rows * 2.0), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, caption in zip(axes.flat, images, captions):
+    for index, (ax, image, caption) in enumerate(zip(axes.flat, images, captions)):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.dtype == np.uint8 else None)
         ax.set_title(caption, fontsize=7)
+        if boxes is not None:
+            top, left, bottom, right = boxes[index]
+            ax.add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left + 1, bottom - top + 1,
+                                       fill=False, edgecolor="red", linewidth=1))
     fig.suptitle(title)
     fig.tight_layout()
     return fig

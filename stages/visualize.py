@@ -11,7 +11,8 @@ import torch
 from fer import CLASS_NAMES, cli, tracking
 from fer import plots
 from fer.data import load_split
-from fer.filters import activation_maximisation, block_index, channel_statistics, feature_maps
+from fer.filters import (activation_maximisation, block_index, channel_statistics, feature_maps, receptive_field,
+                         strongest_unit_boxes)
 from fer.io import atomic_dir, read_json, save_figure, write_json, write_npz
 from fer.models import load_model
 from fer.params import VisualizeParams, load_section
@@ -23,11 +24,12 @@ from fer.training import predict_logits, seed_everything, to_input
 TOP_EXAMPLES = 9
 # Occlusion is left out of the sanity numbers: it costs 256 forward passes per image.
 SANITY_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "grad_cam")
+CONFUSION_CELLS, CELL_EXAMPLES = 2, 3
 
 
 def saliency_outputs(name: str, models_dir: Path, val, params: VisualizeParams, out: Path) -> dict:
-    """Maps for one image per class, the sanity numbers, the largest confusion cell's contrast
-    maps and the per-class mean Grad-CAM; returns the sanity report."""
+    """Maps for a correct and a misclassified image per class, the sanity numbers, contrast maps
+    of the largest confusion cells and the per-class mean Grad-CAM; returns the sanity report."""
     model = load_model(models_dir / name / "model.pt")
     cpu = torch.device("cpu")
     predicted = predict_logits(model, val.images, cpu).argmax(1).numpy()
@@ -54,21 +56,24 @@ def saliency_outputs(name: str, models_dir: Path, val, params: VisualizeParams, 
         val.images[chosen], maps, captions, f"{name}: saliency for the true class (validation)", notes))
     write_npz(out / "saliency.npz", val_index=chosen, target=val.labels[chosen], predicted=predicted[chosen], **maps)
 
-    matrix = confusion(val.labels, predicted)
-    pair = top_confusions(matrix, 1)
-    if pair:
-        t, p = pair[0].true, pair[0].predicted
-        rows = np.flatnonzero((val.labels == t) & (predicted == p))[:3]
-        xb = x_all[rows]
-        true_t, pred_t = torch.full((len(rows),), t), torch.full((len(rows),), p)
-        cell = {f"grad {CLASS_NAMES[t]} (true)": maps_of(model, xb, true_t, ("gradient",))["gradient"],
-                f"grad {CLASS_NAMES[p]} (pred)": maps_of(model, xb, pred_t, ("gradient",))["gradient"],
-                "contrast true-pred": contrast_maps(model, xb, true_t, pred_t)}
+    # The largest off-diagonal cells: gradients for the true and the predicted class, and their contrast.
+    rows, true, pred = [], [], []
+    for pair in top_confusions(confusion(val.labels, predicted), CONFUSION_CELLS):
+        cell_rows = np.flatnonzero((val.labels == pair.true) & (predicted == pair.predicted))[:CELL_EXAMPLES]
+        rows += cell_rows.tolist()
+        true += [pair.true] * len(cell_rows)
+        pred += [pair.predicted] * len(cell_rows)
+    if rows:
+        xb, true_t, pred_t = x_all[rows], torch.as_tensor(true), torch.as_tensor(pred)
+        cell = {"gradient, true class": maps_of(model, xb, true_t, ("gradient",))["gradient"],
+                "gradient, predicted class": maps_of(model, xb, pred_t, ("gradient",))["gradient"],
+                "contrast true - predicted": contrast_maps(model, xb, true_t, pred_t)}
         save_figure(out / "confusion_saliency.png", plots.saliency_figure(
-            val.images[rows], cell, [f"#{r}" for r in rows], f"{name}: {CLASS_NAMES[t]} → {CLASS_NAMES[p]}"))
-        write_npz(out / "confusion_saliency.npz", val_index=rows, true=t, predicted=p,
-                  true_map=cell[f"grad {CLASS_NAMES[t]} (true)"], predicted_map=cell[f"grad {CLASS_NAMES[p]} (pred)"],
-                  contrast_map=cell["contrast true-pred"])
+            val.images[rows], cell, [f"#{r} {CLASS_NAMES[t]}\n→ {CLASS_NAMES[p]}" for r, t, p in zip(rows, true, pred)],
+            f"{name}: the largest confusion cells (validation)"))
+        write_npz(out / "confusion_saliency.npz", val_index=np.asarray(rows), true=np.asarray(true),
+                  predicted=np.asarray(pred), true_map=cell["gradient, true class"],
+                  predicted_map=cell["gradient, predicted class"], contrast_map=cell["contrast true - predicted"])
     means = class_mean_grad_cam(model, x_all, labels)
     save_figure(out / "grad_cam_class_means.png", plots.image_gallery(
         means, list(CLASS_NAMES), f"{name}: mean Grad-CAM per true class (validation)", columns=7))
@@ -90,9 +95,14 @@ def filter_outputs(name: str, models_dir: Path, val, params: VisualizeParams, ou
     top = np.argsort(-val_means, axis=0)[:TOP_EXAMPLES].T  # (C, 9) val indices per channel
     save_figure(out / "filters.png", plots.filter_grid(images, f"{name} {layer}: activation maximisation"))
     shown = min(8, len(top))
+    rows = top[:shown].ravel()
+    channels = np.repeat(np.arange(shown), TOP_EXAMPLES)
+    boxes = strongest_unit_boxes(model, block, x_val[rows], channels)
     save_figure(out / "filter_examples.png", plots.image_gallery(
-        val.images[top[:shown].ravel()], [f"ch {c}" for c in range(shown) for _ in range(TOP_EXAMPLES)],
-        f"{name} {layer}: top-{TOP_EXAMPLES} validation images of channels 0-{shown - 1}", columns=TOP_EXAMPLES))
+        val.images[rows], [f"ch {c}" for c in channels],
+        f"{name} {layer}: top-{TOP_EXAMPLES} validation images of channels 0-{shown - 1} "
+        f"(red: receptive field of the strongest unit, {receptive_field(block)[0]} px)",
+        columns=TOP_EXAMPLES, boxes=boxes))
     save_figure(out / "filter_activation_histogram.png", plots.histogram_figure(
         val_means.mean(axis=0), f"{name} {layer}: {len(dead)} dead of {len(peaks)} channels",
         "mean pre-ReLU activation over validation images"))

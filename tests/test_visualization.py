@@ -11,7 +11,7 @@ import torch
 
 from fer.data.synthetic import generate_split
 from fer.filters import (activation_maximisation, block_index, channel_means, channel_statistics, feature_maps,
-                         pre_relu)
+                         pre_relu, receptive_field, strongest_unit_boxes)
 from fer.models import build_model
 from fer.params import ModelParams, TrainParams, load_section
 from fer.saliency import attribution_maps, contrast_maps, select_examples
@@ -130,3 +130,17 @@ def test_feature_maps_and_dead_channels(trained_cnn4) -> None:
         _, peaks = channel_statistics(net, 3, torch.as_tensor(val.images[:, None] / 255.0, dtype=torch.float32))
         bn.bias[5] = saved
     assert peaks[5] <= 0 and (peaks > 0).sum() >= 100
+
+
+def test_receptive_fields_match_the_architecture(trained_cnn4) -> None:
+    assert [receptive_field(b)[0] for b in range(4)] == [3, 8, 18, 38]
+    assert [receptive_field(b)[1] for b in range(4)] == [1, 2, 4, 8]
+    net, val = trained_cnn4
+    x = torch.as_tensor(val.images[:4, None] / 255.0, dtype=torch.float32)
+    boxes = strongest_unit_boxes(net, 0, x, np.array([0, 1, 2, 3]))
+    assert ((boxes[:, 2] - boxes[:, 0]) <= 2).all() and (boxes >= 0).all() and (boxes <= 47).all()
+    with torch.no_grad():
+        maps = pre_relu(net, 0, x)
+    for k, (top, left, bottom, right) in enumerate(boxes):
+        row, col = divmod(int(maps[k, k].argmax()), 48)
+        assert top <= row <= bottom and left <= col <= right
