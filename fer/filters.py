@@ -35,11 +35,6 @@ def pre_relu(model: ConvNet, block: int, x: torch.Tensor) -> torch.Tensor:
     raise AssertionError("conv block without ReLU")
 
 
-def channel_means(model: ConvNet, block: int, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Mean pre-ReLU activation of every channel for every image: (N, C)."""
-    return channel_statistics(model, block, images, batch_size)[0]
-
-
 def channel_statistics(model: ConvNet, block: int, images: torch.Tensor,
                        batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Per image and channel mean pre-ReLU activation (N, C), and each channel's peak pre-ReLU

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fer import IMAGE_SIZE, NUM_CLASSES
+from fer.io import atomic_path
 from fer.params import ModelParams
 
 # Conv widths of each architecture of the study; every conv block is conv3x3 -> ReLU -> maxpool2.
@@ -81,8 +82,6 @@ def build_model(params: ModelParams) -> ConvNet:
 
 def save_checkpoint(model: ConvNet, params: ModelParams, path: Any, **extra: Any) -> None:
     """Weights plus the architecture they belong to, loadable with `weights_only=True`."""
-    from fer.io import atomic_path
-
     payload = {"model_params": dataclasses.asdict(params), "state_dict": model.state_dict(), **extra}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
