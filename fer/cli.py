@@ -7,11 +7,10 @@ import logging
 import sys
 from collections.abc import Callable
 
-from fer.data import DataError
-from fer.params import ParamsError
-from fer.training import TrainingDiverged
+from fer import FerError
 
-EXPECTED_ERRORS = (DataError, ParamsError, TrainingDiverged, FileNotFoundError)
+# FerError covers bad data, bad params and divergence; a missing input file is expected too.
+EXPECTED_ERRORS = (FerError, FileNotFoundError)
 
 
 def parser(description: str, reads_data: bool = True, reads_models: bool = False) -> argparse.ArgumentParser:

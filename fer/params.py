@@ -12,10 +12,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fer import FerError
+
 T = TypeVar("T")
 
 
-class ParamsError(ValueError):
+class ParamsError(FerError, ValueError):
     """A params.yaml section is missing, has unknown keys, or holds an invalid value."""
 
 

@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fer import NUM_CLASSES
+from fer import NUM_CLASSES, FerError
 from fer.augment import augment_batch
 from fer.data import Split
 from fer.io import atomic_path
 from fer.params import TrainParams
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(FerError, RuntimeError):
     """The loss became NaN or infinite."""
 
 

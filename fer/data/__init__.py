@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fer import IMAGE_SIZE, NUM_CLASSES, SPLITS
+from fer import IMAGE_SIZE, NUM_CLASSES, SPLITS, FerError
 from fer.io import write_npz
 
 UNLABELLED = -1
 
 
-class DataError(ValueError):
+class DataError(FerError, ValueError):
     """A data source is missing or malformed; the message names the file, the row and the problem."""
 
 
