@@ -83,8 +83,8 @@ def build_markdown(inputs: dict[str, Any], report_dir: Path) -> str:
             "max-pool that halves the side; the last block's maps are flattened into the fully connected "
             "classifier (hidden layer with ReLU and dropout, then 7 logits). A fixed `Standardize` layer "
             "holds the training set's pixel mean and standard deviation.", ""]
-    for name, m in models.items():
-        out += [m["layers_md"].replace("### ", "### "), ""]
+    for m in models.values():
+        out += [m["layers_md"], ""]
     out += [f"## {SECTIONS[1]}", ""]
     for name, m in models.items():
         history = m["history"]

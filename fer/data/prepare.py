@@ -5,6 +5,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from fer import CLASS_NAMES
 from fer.data import Split
 from fer.data.quality import clean_train, quality_report
 from fer.data.sources import read_source
@@ -45,7 +46,5 @@ def prepare(params: PrepareParams, root: Path) -> tuple[dict[str, Split], dict[s
 
 
 def class_counts(splits: dict[str, Split]) -> dict[str, dict[str, int]]:
-    from fer import CLASS_NAMES
-
     return {name: dict(zip(CLASS_NAMES, split.class_counts())) | {"total": len(split)}
             for name, split in splits.items()}
