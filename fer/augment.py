@@ -1,5 +1,9 @@
 """Batched data augmentation on tensors: one affine warp (shift, rotation, scale, flip) and
-random erasing for the whole batch at once, with no per-sample Python loop."""
+random erasing for the whole batch at once, with no per-sample Python loop.
+
+Random numbers are always drawn from a CPU generator and then moved to the batch's device: a
+CPU generator cannot draw on CUDA, and drawing on the CPU keeps the augmentation stream the same
+on every device."""
 from __future__ import annotations
 
 import math
@@ -10,8 +14,12 @@ import torch.nn.functional as F
 from fer.params import AugmentParams
 
 
+def _rand(*shape: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(*shape, generator=generator).to(device, non_blocking=True)
+
+
 def _uniform(n: int, bound: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    return (torch.rand(n, generator=generator, device=device) * 2 - 1) * bound
+    return (_rand(n, generator=generator, device=device) * 2 - 1) * bound
 
 
 def augment_batch(x: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
@@ -25,7 +33,7 @@ def augment_batch(x: torch.Tensor, params: AugmentParams, generator: torch.Gener
         shift_y = _uniform(b, params.max_shift * 2 / h, generator, dev)
         flip = torch.ones(b, device=dev)
         if params.flip:
-            flip = torch.where(torch.rand(b, generator=generator, device=dev) < 0.5, -flip, flip)
+            flip = torch.where(_rand(b, generator=generator, device=dev) < 0.5, -flip, flip)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos * flip, -sin, shift_x], 1),
                              torch.stack([sin * flip, cos, shift_y], 1)], 1)
@@ -40,7 +48,7 @@ def random_erasing(x: torch.Tensor, probability: float, generator: torch.Generat
     """Replace one random rectangle (10-40% of each side) per chosen image with uniform noise."""
     b, _, h, w = x.shape
     dev = x.device
-    rand = lambda *shape: torch.rand(*shape, generator=generator, device=dev)  # noqa: E731
+    rand = lambda *shape: _rand(*shape, generator=generator, device=dev)  # noqa: E731
     chosen = rand(b) < probability
     eh = (h * (0.1 + 0.3 * rand(b))).long()
     ew = (w * (0.1 + 0.3 * rand(b))).long()

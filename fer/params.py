@@ -5,6 +5,7 @@ defaults, so a typo in `params.yaml` can never train a model with settings nobod
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from pathlib import Path
@@ -129,9 +130,14 @@ class TrainParams:
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int
-    tta: bool
+    tta_flip: bool
+    tta_shift: int
     calibration_bins: int
     top_confusions: int
+
+    def validate(self, where: str) -> None:
+        _check(self.batch_size >= 1, f"{where}.batch_size", "must be at least 1")
+        _check(0 <= self.tta_shift <= 8, f"{where}.tta_shift", "must be in [0, 8] pixels (0 turns shifted views off)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +157,7 @@ class VisualizeParams:
     seed: int
 
 
-def _build(cls: type[T], data: Any, where: str) -> T:
+def build_section(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass `cls` from a mapping, recursing into nested dataclasses, with exact keys."""
     _check(isinstance(data, dict), where, f"expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -164,7 +170,7 @@ def _build(cls: type[T], data: Any, where: str) -> T:
     for name in names:
         kind, value = hints[name], data[name]
         if dataclasses.is_dataclass(kind):
-            values[name] = _build(kind, value, f"{where}.{name}")
+            values[name] = build_section(kind, value, f"{where}.{name}")
             continue
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -176,6 +182,20 @@ def _build(cls: type[T], data: Any, where: str) -> T:
     if validate is not None:
         validate(where)
     return built
+
+
+def with_overrides(section: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a raw params section with dotted keys (`augment.max_shift`) replaced, as
+    `dvc exp run -S` would; a key the section does not have is an error, not a new key."""
+    section = copy.deepcopy(section)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = section
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        _check(isinstance(node, dict) and leaf in node, dotted, "is not a key of the section")
+        node[leaf] = value
+    return section
 
 
 def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -192,7 +212,7 @@ def load_section(cls: type[T], section: str, path: str | Path = "params.yaml") -
     """Load and validate one section of params.yaml as the dataclass `cls`."""
     data = read_params(path)
     _check(section in data, section, "section is missing")
-    return _build(cls, data[section], section)
+    return build_section(cls, data[section], section)
 
 
 def section_dict(section: str, path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -95,19 +95,33 @@ def make_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams, steps_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
 
 
+def tta_views(x: torch.Tensor, flip: bool, shift: int) -> list[torch.Tensor]:
+    """The test-time views of a batch: the image, its 4 copies shifted by `shift` pixels
+    (up/down/left/right, border pixels repeated; the "crops" of a model trained with shifts),
+    and the mirror of each when `flip`."""
+    views = [x]
+    if shift > 0:
+        padded = F.pad(x, (shift, shift, shift, shift), mode="replicate")
+        h, w = x.shape[-2:]
+        for dy, dx in ((-shift, 0), (shift, 0), (0, -shift), (0, shift)):
+            views.append(padded[..., shift + dy:shift + dy + h, shift + dx:shift + dx + w])
+    if flip:
+        views += [torch.flip(v, dims=[3]) for v in views]
+    return views
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
-                   batch_size: int = 512, flip_tta: bool = False) -> torch.Tensor:
-    """Logits for uint8 images (N, 48, 48), in eval mode; with `flip_tta` the logits of the image
-    and its mirror are averaged."""
+                   batch_size: int = 512, flip_tta: bool = False, shift_tta: int = 0) -> torch.Tensor:
+    """Logits for uint8 images (N, 48, 48), in eval mode; with test-time augmentation
+    (`flip_tta`, `shift_tta` > 0) the logits of all the views of `tta_views` are averaged."""
     model.eval()
     images = torch.as_tensor(images)
     outputs = []
     for start in range(0, len(images), batch_size):
         x = to_input(images[start:start + batch_size], device)
-        logits = model(x)
-        if flip_tta:
-            logits = (logits + model(torch.flip(x, dims=[3]))) / 2
+        views = tta_views(x, flip_tta, shift_tta)
+        logits = torch.stack([model(v.contiguous(memory_format=torch.channels_last)) for v in views]).mean(0)
         outputs.append(logits.float().cpu())
     return torch.cat(outputs) if outputs else torch.zeros(0, NUM_CLASSES)
 
@@ -147,8 +161,8 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
     best weights, MLflow run id) is written atomically to `checkpoint_path`.
     """
     generator = torch.Generator().manual_seed(params.seed)
-    train_images = torch.as_tensor(train.images)
-    train_labels = torch.as_tensor(train.labels)
+    train_images = torch.as_tensor(train.images).to(device)  # uint8 on the device: ~66 MB for FER2013
+    train_labels = torch.as_tensor(train.labels).to(device)
     if resume is None:
         x = train.images.astype(np.float32) / 255
         model.standardize.mean.fill_(float(x.mean()))
@@ -179,9 +193,9 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=False,
                    mininterval=1.0)
         for batch in bar:
-            rows = order[batch * params.batch_size:(batch + 1) * params.batch_size]
+            rows = order[batch * params.batch_size:(batch + 1) * params.batch_size].to(device)
             x = augment_batch(to_input(train_images[rows], device), params.augment, generator)
-            y = train_labels[rows].to(device)
+            y = train_labels[rows]
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=params.label_smoothing)
             _check_finite(loss, epoch, batch + 1)

@@ -51,8 +51,9 @@ def evaluate_model(name: str, models_dir: Path, splits: dict[str, Split], params
     for split_name, split in splits.items():
         probs = ev.softmax(predict_logits(model, split.images, device, params.batch_size).numpy())
         metrics[split_name] = ev.classification_metrics(split.labels, probs, params.calibration_bins)
-        if params.tta:
-            tta = ev.softmax(predict_logits(model, split.images, device, params.batch_size, flip_tta=True).numpy())
+        if params.tta_flip or params.tta_shift:
+            tta = ev.softmax(predict_logits(model, split.images, device, params.batch_size,
+                                            flip_tta=params.tta_flip, shift_tta=params.tta_shift).numpy())
             metrics[f"{split_name}_tta"] = ev.classification_metrics(split.labels, tta, params.calibration_bins)
         matrix = ev.confusion(split.labels, probs.argmax(1))
         write_json(out / f"confusion_{split_name}.json", {"classes": CLASS_NAMES, "matrix": matrix})

@@ -91,3 +91,23 @@ def test_flip_tta_averages_the_logits_of_image_and_mirror() -> None:
     mirrored = predict_logits(model, images[:, :, ::-1].copy(), torch.device("cpu"))
     tta = predict_logits(model, images, torch.device("cpu"), flip_tta=True)
     torch.testing.assert_close(tta, (plain + mirrored) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_shift_tta_averages_the_image_and_its_four_edge_padded_shifts() -> None:
+    import torch
+
+    from fer.models import build_model
+    from fer.params import ModelParams
+    from fer.training import predict_logits
+
+    torch.manual_seed(0)
+    model = build_model(ModelParams("cnn4", False, 0.0, 0.0, 16)).eval()
+    images = np.random.default_rng(1).integers(0, 256, size=(3, 48, 48), dtype=np.uint8)
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2)), mode="edge")
+    # Views by hand with numpy: the image, and windows moved 2 px up, down, left and right.
+    views = [images] + [padded[:, 2 + dy:50 + dy, 2 + dx:50 + dx] for dy, dx in ((-2, 0), (2, 0), (0, -2), (0, 2))]
+    views += [v[:, :, ::-1] for v in views]
+    expected = torch.stack([predict_logits(model, v.copy(), torch.device("cpu")) for v in views]).mean(0)
+    tta = predict_logits(model, images, torch.device("cpu"), flip_tta=True, shift_tta=2)
+    torch.testing.assert_close(tta, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(tta, predict_logits(model, images, torch.device("cpu"), flip_tta=True))

@@ -35,3 +35,38 @@ def test_fer2013_profile_is_a_complete_params_file() -> None:
                          (TrainParams, "train_cnn3"), (EvaluateParams, "evaluate"), (VisualizeParams, "visualize")):
         load_section(cls, section, profile)
     assert load_section(PrepareParams, "prepare", profile).source.endswith("fer2013.csv.gz")
+
+
+def test_overrides_replace_dotted_keys_and_reject_unknown_ones() -> None:
+    from fer.params import with_overrides
+
+    section = {"lr": 0.1, "augment": {"flip": True, "max_shift": 4}}
+    changed = with_overrides(section, {"lr": 0.2, "augment.max_shift": 2})
+    assert changed == {"lr": 0.2, "augment": {"flip": True, "max_shift": 2}}
+    assert section["augment"]["max_shift"] == 4  # the input is not modified
+    for bad in ("augment.shift", "model.dropout_fc", "lr.value"):
+        with pytest.raises(ParamsError, match=rf"{bad}: is not a key of the section"):
+            with_overrides(section, {bad: 1})
+
+
+def test_fer2013_profile_is_the_publictest_winner_of_the_recorded_sweep() -> None:
+    """Every job of the committed sweep grid is valid, and the profile's train sections are the
+    jobs with the best PublicTest accuracy in the recorded results (selection never saw PrivateTest)."""
+    import json
+
+    import yaml
+
+    from fer.params import build_section, read_params, with_overrides
+
+    jobs = yaml.safe_load((ROOT / "benchmarks" / "fer2013_grid.yaml").read_text())["jobs"]
+    profile = read_params(ROOT / "params" / "fer2013.yaml")
+    sections = {job["name"]: with_overrides(profile[f"train_{job['model']}"], job["set"]) for job in jobs}
+    for name, section in sections.items():
+        build_section(TrainParams, section, name)
+    results = ROOT / "benchmarks" / "results" / "fer2013_sweep_h200.jsonl"
+    finals = [row for row in map(json.loads, results.read_text().splitlines()) if row.get("final")]
+    model_of = {job["name"]: job["model"] for job in jobs}
+    for model in ("cnn4", "cnn3"):
+        best = max((row for row in finals if model_of[row["job"]] == model),
+                   key=lambda row: max(row["val_acc"], row["val_acc_flip"], row["val_acc_flip_shift2"]))
+        assert sections[best["job"]] == profile[f"train_{model}"], (model, best["job"])
