@@ -22,23 +22,31 @@ def _uniform(n: int, bound: float, generator: torch.Generator, device: torch.dev
     return (_rand(n, generator=generator, device=device) * 2 - 1) * bound
 
 
-def augment_batch(x: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
-    """Augment a float batch (B, C, H, W); labels are unchanged by every transform used here."""
+def random_affine(x: torch.Tensor, generator: torch.Generator, max_shift: float = 0.0, max_rotation: float = 0.0,
+                  max_scale: float = 0.0, flip: bool = False, padding_mode: str = "border") -> torch.Tensor:
+    """One random warp per image of a float batch (B, C, H, W), all in one `grid_sample`: shift up
+    to `max_shift` pixels, rotation up to `max_rotation` degrees, zoom by up to `max_scale`, and a
+    mirror with probability 1/2 when `flip`."""
     b, _, h, w = x.shape
     dev = x.device
+    angle = _uniform(b, math.radians(max_rotation), generator, dev)
+    scale = 1 + _uniform(b, max_scale, generator, dev)
+    shift_x = _uniform(b, max_shift * 2 / w, generator, dev)
+    shift_y = _uniform(b, max_shift * 2 / h, generator, dev)
+    mirror = torch.ones(b, device=dev)
+    if flip:
+        mirror = torch.where(_rand(b, generator=generator, device=dev) < 0.5, -mirror, mirror)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos * mirror, -sin, shift_x], 1),
+                         torch.stack([sin * mirror, cos, shift_y], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+def augment_batch(x: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
+    """Augment a float batch (B, C, H, W); labels are unchanged by every transform used here."""
     if params.flip or params.max_shift or params.max_rotation or params.max_scale:
-        angle = _uniform(b, math.radians(params.max_rotation), generator, dev)
-        scale = 1 + _uniform(b, params.max_scale, generator, dev)
-        shift_x = _uniform(b, params.max_shift * 2 / w, generator, dev)
-        shift_y = _uniform(b, params.max_shift * 2 / h, generator, dev)
-        flip = torch.ones(b, device=dev)
-        if params.flip:
-            flip = torch.where(_rand(b, generator=generator, device=dev) < 0.5, -flip, flip)
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos * flip, -sin, shift_x], 1),
-                             torch.stack([sin * flip, cos, shift_y], 1)], 1)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        x = random_affine(x, generator, params.max_shift, params.max_rotation, params.max_scale, params.flip)
     if params.erasing_prob > 0:
         x = random_erasing(x, params.erasing_prob, generator)
     return x

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from fer import IMAGE_SIZE
+from fer.augment import random_affine
 from fer.models import ConvNet
+from fer.params import ParamsError
 
 KEEP_BEST_EVERY = 8
 
@@ -21,8 +23,22 @@ def block_index(model: ConvNet, layer: str) -> int:
     if layer == "last":
         return len(names) - 1
     if layer not in names:
-        raise ValueError(f"unknown conv layer '{layer}'; expected 'last' or one of {', '.join(names)}")
+        raise ParamsError(f"params.yaml visualize.filters_layers: unknown conv layer '{layer}'; "
+                          f"expected 'last', 'all' or some of {', '.join(names)}")
     return names.index(layer)
+
+
+def conv_layer_names(model: ConvNet, spec: str) -> list[str]:
+    """The conv layers named by a `filters_layers` value: `last`, `all`, or a comma-separated
+    list of `last` and conv module names (`features.1.0`), in network order, each once."""
+    names = list(model.conv_layers())
+    if spec.strip() == "all":
+        return names
+    chosen = {names[block_index(model, item.strip())] for item in spec.split(",") if item.strip()}
+    if not chosen:
+        raise ParamsError(f"params.yaml visualize.filters_layers: no conv layer named in '{spec}'; "
+                          f"expected 'last', 'all' or some of {', '.join(names)}")
+    return [name for name in names if name in chosen]
 
 
 def pre_relu(model: ConvNet, block: int, x: torch.Tensor) -> torch.Tensor:
@@ -91,20 +107,27 @@ def _total_variation(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
-def _jitter(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Random whole-pixel shift (up to `max_shift` in each direction) of the batch.
+def _jitter(x: torch.Tensor, generator: torch.Generator, max_shift: int, max_rotation: float,
+            max_scale: float) -> torch.Tensor:
+    """A random whole-pixel shift of the batch, then a random rotation and zoom per image
+    (reflected borders), so that the optimised pattern has to work in any pose rather than
+    exploit one exact pixel grid.
 
-    Bilinear rotation/scale jitter was tried and left about 20% of CNN4's last-layer channels
-    below their starting activation (the resampling blur is optimised against); integer rolls
-    do not blur and every channel rises.
+    The bilinear resampling blurs a little; on its own that lowered the final activation of some
+    channels, which is why `activation_maximisation` keeps, per channel, the best un-jittered image.
     """
     dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator).tolist()
-    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    if max_rotation or max_scale:
+        x = random_affine(x, generator, max_rotation=max_rotation, max_scale=max_scale, padding_mode="reflection")
+    return x
 
 
-def activation_maximisation(model: ConvNet, block: int, steps: int, lr: float, tv_weight: float,
-                            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One optimised image per channel of `block`, all channels as one batch.
+def activation_maximisation(model: ConvNet, block: int, steps: int, lr: float, tv_weight: float, seed: int,
+                            max_shift: int = 2, max_rotation: float = 5.0,
+                            max_scale: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One optimised image per channel of `block`, all channels as one batch, with Adam on a
+    Fourier parameterisation, a total-variation penalty and random shift/rotation/zoom each step.
 
     Returns (images (C, 48, 48) in [0, 1], each channel's activation on its starting noise,
     and on its final image).
@@ -134,7 +157,7 @@ def activation_maximisation(model: ConvNet, block: int, steps: int, lr: float, t
         optimiser = torch.optim.Adam([spectrum], lr=lr)
         for step in range(1, steps + 1):
             image = render()
-            loss = -objective(_jitter(image, generator)).mean() + tv_weight * _total_variation(image)
+            loss = -objective(_jitter(image, generator, max_shift, max_rotation, max_scale)).mean() + tv_weight * _total_variation(image)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -144,16 +144,20 @@ class EvaluateParams:
 class VisualizeParams:
     saliency_model: str
     filters_model: str
-    filters_layer: str
+    filters_layers: str
     smoothgrad_noise: float
     smoothgrad_samples: int
     ig_steps: int
     sanity_images: int
+    occlusion_images: int
     deletion_max_fraction: float
     deletion_steps: int
     act_max_steps: int
     act_max_lr: float
     act_max_tv: float
+    act_max_jitter: int
+    act_max_rotation: float
+    act_max_scale: float
     seed: int
 
 

@@ -154,3 +154,43 @@ def histogram_figure(values: np.ndarray, title: str, xlabel: str) -> Figure:
     ax.set(title=title, xlabel=xlabel, ylabel="channels")
     fig.tight_layout()
     return fig
+
+
+def filter_atlas(optimised: np.ndarray, examples: np.ndarray, boxes: np.ndarray, activations: np.ndarray,
+                 dead: np.ndarray, channels: Sequence[int], title: str) -> Figure:
+    """One row per channel: its activation-maximisation image (normalised to its own range), its
+    top validation images with the strongest unit's receptive field in red, and the histogram of
+    its mean activation over the validation images (dead channels flagged).
+
+    optimised (C, H, W) float, examples (C, K, H, W) uint8, boxes (C, K, 4), activations (N, C)
+    are indexed by the positions in `channels`.
+    """
+    n, k = examples.shape[:2]
+    size = examples.shape[-1]
+    fig, axes = plt.subplots(n, 2, figsize=(1.0 * (k + 1) + 2.2, 1.05 * n + 0.6), squeeze=False,
+                             gridspec_kw={"width_ratios": [k + 1, 2.2]})
+    for row in range(n):
+        image = optimised[row]
+        span = np.ptp(image)
+        first = ((image - image.min()) / span * 255 if span > 0 else np.zeros_like(image)).astype(np.uint8)
+        strip = np.concatenate([first, *examples[row]], axis=1)
+        left = axes[row, 0]
+        left.imshow(strip, cmap="gray", vmin=0, vmax=255)
+        left.axvline(size - 0.5, color="yellow", linewidth=1.5)
+        for col, (top, lft, bottom, right) in enumerate(boxes[row], start=1):
+            left.add_patch(plt.Rectangle((col * size + lft - 0.5, top - 0.5), right - lft + 1, bottom - top + 1,
+                                         fill=False, edgecolor="red", linewidth=0.8))
+        left.set_xticks([])
+        left.set_yticks([])
+        left.set_ylabel(f"ch {channels[row]}" + ("\nDEAD" if dead[row] else ""), fontsize=7,
+                        color="red" if dead[row] else "black")
+        hist = axes[row, 1]
+        hist.hist(activations[:, row], bins=25, color="tab:gray")
+        hist.axvline(0, color="black", linewidth=0.6)
+        hist.tick_params(labelsize=5)
+        hist.set_yticks([])
+    axes[0, 0].set_title("optimised | top validation images (red: receptive field of the strongest unit)", fontsize=7)
+    axes[0, 1].set_title("mean pre-ReLU activation\nover validation images", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -112,16 +112,24 @@ def build_markdown(inputs: dict[str, Any], report_dir: Path) -> str:
             _figure(sal["dir"] / "confusion_saliency.png", "saliency of the top confusion", report_dir),
             _figure(sal["dir"] / "grad_cam_class_means.png", "mean Grad-CAM per class", report_dir)]
     fil = inputs["filters"]
-    s = fil["summary"]
-    out += [f"## {SECTIONS[4]}", "", f"Model **{fil['model']}**, layer `{s['layer']}` ({s['channels']} channels). "
-            f"Activation maximisation raised the mean pre-ReLU channel activation from {s['mean_activation_start']:.3f} "
-            f"(starting noise) to {s['mean_activation_final']:.3f}, against {s['mean_activation_val_images']:.3f} on "
-            f"validation images; {s['channels_raised_above_val_mean']} of {s['channels']} channels end above their "
-            f"validation mean; {len(s['dead_channels'])} channels never fire on the validation images (dead).", "",
-            _figure(fil["dir"] / "filters.png", "activation maximisation", report_dir),
-            _figure(fil["dir"] / "filter_examples.png", "top validation images per channel", report_dir),
-            _figure(fil["dir"] / "filter_activation_histogram.png", "channel activation histogram", report_dir),
-            _figure(fil["dir"] / "feature_maps.png", "feature maps of one face", report_dir)]
+    out += [f"## {SECTIONS[4]}", "", f"Model **{fil['model']}**. For each layer: activation maximisation "
+            "(one optimised image per channel, objective = the channel's mean pre-ReLU activation), then the "
+            "first page of the filter atlas (optimised image, top validation images with the receptive field "
+            "of the strongest unit, activation histogram, dead flag); the other pages are in the results "
+            "directory and in MLflow.", ""]
+    for layer, s in fil["summary"]["layers"].items():
+        layer_dir = fil["dir"] / s["dir"]
+        out += [f"### Layer `{layer}` ({s['channels']} channels)", "",
+                f"Activation maximisation raised the mean pre-ReLU channel activation from "
+                f"{s['mean_activation_start']:.3f} (starting noise) to {s['mean_activation_final']:.3f}, against "
+                f"{s['mean_activation_val_images']:.3f} on validation images; {s['channels_raised_above_start']} of "
+                f"{s['channels']} channels end above their start and {s['channels_raised_above_val_mean']} above "
+                f"their validation mean; {len(s['dead_channels'])} channels never fire on the validation images "
+                f"(dead).", "",
+                _figure(layer_dir / "filters.png", f"{layer} activation maximisation", report_dir),
+                _figure(layer_dir / s["atlas_pages"][0], f"{layer} filter atlas, first page", report_dir),
+                _figure(layer_dir / "activation_histogram.png", f"{layer} channel activation histogram", report_dir)]
+    out += [_figure(fil["dir"] / "feature_maps.png", "feature maps of one face", report_dir)]
     g = inputs["gradient_check"]
     out += [f"## {SECTIONS[5]}", "",
             "With logits $z$, predicted probabilities $\\hat{y}_i = e^{z_i} / \\sum_j e^{z_j}$ and a one-hot "
@@ -152,6 +160,11 @@ def _sanity_table(sanity: dict) -> str:
                    if "random_map" in sanity else ""))
     if "mask_area_fraction" in sanity:
         rows.append(f"\nThe ground-truth masks cover {sanity['mask_area_fraction']:.1%} of the pixels.")
+    if "occlusion" in sanity:
+        occ = sanity["occlusion"]
+        rows.append(f"\nOcclusion (225 forward passes per image) is scored on the first {occ['images']} of the "
+                    f"{sanity['images']} images only; the random order on those same images gives deletion "
+                    f"{occ['random_order_deletion_auc']:.3f} and insertion {occ['random_order_insertion_auc']:.3f}.")
     return "\n".join(rows) + "\n"
 
 
