@@ -25,8 +25,8 @@ def tiny_params(**overrides: dict) -> dict:
     for section in ("train_cnn4", "train_cnn3"):
         params[section].update(epochs=2, batch_size=32)
         params[section]["model"]["fc_hidden"] = 32
-    params["visualize"].update(act_max_steps=4, smoothgrad_samples=2, ig_steps=4, sanity_images=8,
-                               deletion_steps=4)
+    params["visualize"].update(filters_layers="features.1.0,last", act_max_steps=4, smoothgrad_samples=2,
+                               ig_steps=4, sanity_images=8, deletion_steps=4)
     for section, values in overrides.items():
         params[section].update(values)
     return params

@@ -2,6 +2,7 @@
 through the files, DVC itself and the MLflow client."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def test_pipeline_end_to_end(tiny_project: Path) -> None:
     assert stages_run(first.stdout) == ["prepare", "train_cnn4", "train_cnn3", "evaluate", "visualize", "report"]
     for path in ("data/prepared/train.npz", "models/cnn4/model.pt", "models/cnn3/history.csv",
                  "metrics/cnn4.json", "metrics/cnn3.json", "results/evaluate/cnn4/confusion_val.png",
-                 "results/visualize/cnn3/saliency.png", "results/visualize/cnn4/filters.png", "dvc.lock"):
+                 "results/visualize/cnn3/saliency.png", "results/visualize/cnn4/features_1_0/atlas_01.png",
+                 "results/visualize/cnn4/features_3_0/atlas_08.png", "results/visualize/cnn4/feature_maps.png",
+                 "dvc.lock"):
         assert (tiny_project / path).is_file(), path
 
     # MLflow: one run per model in the experiment of params.yaml, per-epoch metrics, artifacts.
@@ -44,9 +47,12 @@ def test_pipeline_end_to_end(tiny_project: Path) -> None:
         evaluate = {Path(a.path).name for a in client.list_artifacts(run_info.info.run_id, "evaluate")}
         assert {"confusion_train.png", "confusion_val.png", "analysis.md", f"{name}.json"} <= evaluate
     visual_cnn3 = {Path(a.path).name for a in client.list_artifacts(runs["cnn3"].info.run_id, "visualize")}
-    visual_cnn4 = {Path(a.path).name for a in client.list_artifacts(runs["cnn4"].info.run_id, "visualize")}
-    assert {"saliency.png", "saliency.npz"} <= visual_cnn3
-    assert {"filters.png", "filters.npz"} <= visual_cnn4
+    assert {"saliency.png", "saliency.npz", "sanity.json"} <= visual_cnn3
+    for layer in ("features_1_0", "features_3_0"):  # the two layers named in tiny params' filters_layers
+        atlas = {Path(a.path).name for a in client.list_artifacts(runs["cnn4"].info.run_id, f"visualize/{layer}")}
+        assert {"filters.png", "filters.npz", "atlas_01.png", "activation_histogram.png"} <= atlas, layer
+    sanity = json.loads((tiny_project / "metrics" / "saliency_sanity.json").read_text())["cnn3"]
+    assert sanity["occlusion"]["images"] == min(tiny_params()["visualize"]["occlusion_images"], sanity["images"])
 
     # The registered model predicts through MLflow's generic interface on any batch size.
     import mlflow

@@ -144,3 +144,15 @@ def test_receptive_fields_match_the_architecture(trained_cnn4) -> None:
     for k, (top, left, bottom, right) in enumerate(boxes):
         row, col = divmod(int(maps[k, k].argmax()), 48)
         assert top <= row <= bottom and left <= col <= right
+
+
+def test_filter_layers_are_named_by_last_all_or_a_list() -> None:
+    from fer.filters import conv_layer_names
+    from fer.params import ParamsError
+
+    net = model()
+    assert conv_layer_names(net, "last") == ["features.3.0"]
+    assert conv_layer_names(net, "all") == ["features.0.0", "features.1.0", "features.2.0", "features.3.0"]
+    assert conv_layer_names(net, "last, features.1.0,last") == ["features.1.0", "features.3.0"]
+    with pytest.raises(ParamsError, match=r"visualize.filters_layers: unknown conv layer 'features.9.0'"):
+        conv_layer_names(net, "features.9.0")
