@@ -68,8 +68,8 @@ def run_job(job: dict[str, Any], data: str, profile: str, out: str, threads: int
         result = fit(model, splits["train"], splits["val"], params, device, Path(tmp) / "resume.pt",
                      "sweep", None, on_epoch=on_epoch)
     model.load_state_dict(result.best_state)
-    final = {"job": job["name"], "final": True, "device": str(device), "set": job.get("set", {}),
-             "epochs": params.epochs, "best_epoch": result.best_epoch,
+    final = {"job": job["name"], "final": True, "device": str(device), "precision": result.precision,
+             "set": job.get("set", {}), "epochs": params.epochs, "best_epoch": result.best_epoch,
              "seconds": time.perf_counter() - started}
     for name, tta in {"": {}, "_flip": {"flip_tta": True},
                       "_flip_shift2": {"flip_tta": True, "shift_tta": 2}}.items():

@@ -109,6 +109,7 @@ class TrainParams:
     schedule: str
     label_smoothing: float
     early_stopping_patience: int
+    precision: str
     seed: int
     registered_model: str
 
@@ -123,6 +124,8 @@ class TrainParams:
                f"'{self.schedule}' is not one of constant, onecycle, cosine, plateau")
         _check(self.lr > 0, f"{where}.lr", "must be positive")
         _check(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1)")
+        _check(self.precision in ("auto", "fp32", "bf16"), f"{where}.precision",
+               f"'{self.precision}' is not one of auto, fp32, bf16")
         _check(self.early_stopping_patience >= 0, f"{where}.early_stopping_patience",
                "must be >= 0 (0 turns early stopping off)")
 

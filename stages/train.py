@@ -13,7 +13,7 @@ from fer.data import load_prepared
 from fer.io import atomic_dir, atomic_path, write_json, write_text
 from fer.models import build_model, layer_table, layer_table_markdown, save_checkpoint
 from fer.params import TrackingParams, TrainParams, load_section, section_dict
-from fer.training import fingerprint, fit, load_resume_state, seed_everything, select_device
+from fer.training import fingerprint, fit, load_resume_state, resolve_precision, seed_everything, select_device
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,11 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     if resume:
         print(f"resuming {args.model} after epoch {len(resume['history'])} from {checkpoint}")
     model = build_model(params.model)
-    print(f"training {args.model} on {device} ({len(splits['train'])} train / {len(splits['val'])} val images)")
+    precision = resolve_precision(params.precision, device)
+    print(f"training {args.model} on {device} in {precision} "
+          f"({len(splits['train'])} train / {len(splits['val'])} val images)")
 
     with tracking.model_run(experiment, args.model, resume["run_id"] if resume else None) as run_id:
         if not resume:
-            tracking.log_params(section_dict(section, args.params))
+            tracking.log_params(section_dict(section, args.params) | {"precision_used": precision})
         result = fit(model, splits["train"], splits["val"], params, device, checkpoint, job, run_id,
                      resume, on_epoch=tracking.log_epoch)
         model.load_state_dict(result.best_state)
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             write_text(tmp / "layers.md", layer_table_markdown(rows, f"{args.model} layers"))
             write_json(tmp / "run.json", {"run_id": run_id, "experiment": experiment,
                                           "best_epoch": result.best_epoch,
-                                          "best_val_acc": result.best_val_acc})
+                                          "best_val_acc": result.best_val_acc, "precision": result.precision})
         tracking.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
         for name in ("history.csv", "layers.json", "layers.md"):
             tracking.log_artifact(out / name, "training")
