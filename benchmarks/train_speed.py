@@ -1,11 +1,14 @@
 """Benchmark: training throughput of the pipeline against the bare compute and a plain loop.
 
 Measured in one run, same model (train_cnn4's architecture from params.yaml), same batch size:
-  (a) bare forward + backward + optimizer step on random tensors already in memory;
+  (a) bare forward + backward + optimizer step on random tensors already in memory, channels-last,
+      in the precision the pipeline resolves (`precision: auto` -> bf16 autocast on a CPU with
+      native bf16, else fp32): the compute the pipeline cannot avoid;
   (b) the training stage's `fit` end to end: uint8 data in memory, batched augmentation,
       the per-epoch validation pass, history and checkpoint writing;
   (c) a plain reference: DataLoader over a TensorDataset with per-sample augmentation
-      (random shift, flip, rotation/scale per image), no validation.
+      (random shift, flip, rotation/scale per image), fp32, default memory format, no validation:
+      what the usual tutorial loop does.
 Prints images/second of each and the ratios (b)/(a) and (b)/(c).
 
 Usage: python benchmarks/train_speed.py [--images 4096] [--batch-size 128] [--model cnn4]
@@ -30,10 +33,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
 from fer.data.synthetic import generate_split  # noqa: E402
 from fer.models import build_model  # noqa: E402
 from fer.params import TrainParams, load_section  # noqa: E402
-from fer.training import fit, make_optimizer, seed_everything  # noqa: E402
+from fer.training import fit, make_optimizer, resolve_precision, seed_everything  # noqa: E402
 
 
-def bare(params: TrainParams, n_images: int) -> float:
+def bare(params: TrainParams, n_images: int, precision: str) -> float:
     model = build_model(params.model).to(memory_format=torch.channels_last).train()
     optimizer = make_optimizer(model, params)
     x = torch.rand(params.batch_size, 1, 48, 48).contiguous(memory_format=torch.channels_last)
@@ -41,12 +44,15 @@ def bare(params: TrainParams, n_images: int) -> float:
     steps = max(1, n_images // params.batch_size)
 
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(x).float()
+        loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    step()  # warm-up
+    for _ in range(3):  # warm-up: oneDNN builds its kernels for these shapes on first use
+        step()
     started = time.perf_counter()
     for _ in range(steps):
         step()
@@ -112,13 +118,15 @@ def main() -> None:
     params = dataclasses.replace(params, batch_size=args.batch_size)
     seed_everything(0)
     train, val = generate_split(args.images, 0), generate_split(args.images // 8, 1)
-    print(f"{args.model}, batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads")
-    a = bare(params, args.images)
+    precision = resolve_precision(params.precision, torch.device("cpu"))
+    print(f"{args.model}, batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads, "
+          f"pipeline precision {precision} (precision: {params.precision})")
+    a = bare(params, args.images, precision)
     b = pipeline(params, train, val)
     c = reference(params, train, args.images)
-    print(f"(a) bare forward+backward+step: {a:7.0f} images/s")
+    print(f"(a) bare forward+backward+step: {a:7.0f} images/s ({precision})")
     print(f"(b) pipeline fit (aug + val):   {b:7.0f} images/s")
-    print(f"(c) DataLoader, per-sample aug: {c:7.0f} images/s")
+    print(f"(c) DataLoader, per-sample aug: {c:7.0f} images/s (fp32)")
     print(f"(b)/(a) = {b / a:.2f}   (b)/(c) = {b / c:.2f}")
 
 
