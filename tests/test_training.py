@@ -23,7 +23,7 @@ from tests.conftest import ROOT, env_with_venv, run, tiny_params, write_params
 def train_params(**changes) -> TrainParams:
     base = load_section(TrainParams, "train_cnn4", ROOT / "params.yaml")
     model = dataclasses.replace(base.model, fc_hidden=16)
-    return dataclasses.replace(base, model=model, epochs=2, batch_size=32, **changes)
+    return dataclasses.replace(base, model=model, **({"epochs": 2, "batch_size": 32} | changes))
 
 
 def test_augmentation_keeps_shapes_and_is_seeded() -> None:
@@ -57,6 +57,24 @@ def test_same_seed_same_history(tmp_path: Path) -> None:
     a, b = _fit(train_params(), tmp_path), _fit(train_params(), tmp_path)
     strip = lambda h: [dataclasses.replace(r, epoch_seconds=0, images_per_second=0) for r in h]  # noqa: E731
     assert strip(a.history) == strip(b.history)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_each_precision_is_reproducible_and_learns(tmp_path: Path, precision: str) -> None:
+    params = train_params(precision=precision, epochs=3)
+    a, b = _fit(params, tmp_path), _fit(params, tmp_path)
+    assert a.precision == precision
+    assert [r.train_loss for r in a.history] == [r.train_loss for r in b.history]
+    assert a.history[-1].train_loss < a.history[0].train_loss
+
+
+def test_precision_auto_resolves_to_what_the_hardware_runs_natively() -> None:
+    from fer.training import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
 
 
 def test_non_finite_loss_names_epoch_and_batch(tmp_path: Path) -> None:
