@@ -26,7 +26,7 @@ from fer.losses import softmax_cross_entropy
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "top2_accuracy", "nll", "ece")
 SECTIONS = ("1. Architecture", "2. Training history", "3. Confusion matrices", "4. Saliency maps",
-            "5. Filters of the last conv layer", "6. The gradient of softmax + cross-entropy", "7. Run facts")
+            "5. What the conv filters respond to", "6. The gradient of softmax + cross-entropy", "7. Run facts")
 
 
 def gradient_check(seed: int = 0, n: int = 16, classes: int = 7) -> dict[str, float]:
