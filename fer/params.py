@@ -163,6 +163,14 @@ class VisualizeParams:
     act_max_scale: float
     seed: int
 
+    def validate(self, where: str) -> None:
+        for name in ("smoothgrad_samples", "ig_steps", "sanity_images", "occlusion_images", "deletion_steps",
+                     "act_max_steps"):
+            _check(getattr(self, name) >= 1, f"{where}.{name}", "must be at least 1")
+        _check(0 < self.deletion_max_fraction <= 1, f"{where}.deletion_max_fraction", "must be in (0, 1]")
+        _check(self.act_max_jitter >= 0 and 0 <= self.act_max_scale < 0.5, f"{where}.act_max_jitter/act_max_scale",
+               "jitter must be >= 0 pixels and scale in [0, 0.5)")
+
 
 def build_section(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass `cls` from a mapping, recursing into nested dataclasses, with exact keys."""

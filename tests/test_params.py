@@ -70,3 +70,11 @@ def test_fer2013_profile_is_the_publictest_winner_of_the_recorded_sweep() -> Non
         best = max((row for row in finals if model_of[row["job"]] == model),
                    key=lambda row: max(row["val_acc"], row["val_acc_flip"], row["val_acc_flip_shift2"]))
         assert sections[best["job"]] == profile[f"train_{model}"], (model, best["job"])
+
+
+def test_bad_visualize_value_is_named(tmp_path: Path) -> None:
+    from fer.params import VisualizeParams
+
+    write_params(tmp_path / "params.yaml", tiny_params(visualize={"occlusion_images": 0}))
+    with pytest.raises(ParamsError, match=r"visualize.occlusion_images: must be at least 1"):
+        load_section(VisualizeParams, "visualize", tmp_path / "params.yaml")
