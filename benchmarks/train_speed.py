@@ -11,7 +11,7 @@ Measured in one run, same model (train_cnn4's architecture from params.yaml), sa
       what the usual tutorial loop does.
 Prints images/second of each and the ratios (b)/(a) and (b)/(c).
 
-Usage: python benchmarks/train_speed.py [--images 4096] [--batch-size 128] [--model cnn4]
+Usage: python benchmarks/train_speed.py [--images 4096] [--batch-size 128] [--model cnn4] [--params params.yaml]
 """
 from __future__ import annotations
 
@@ -113,13 +113,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4096, help="training images per measurement")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--model", default="cnn4", help="reads params section train_<model>")
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="params file (e.g. params/fer2013.yaml)")
     args = parser.parse_args()
-    params = load_section(TrainParams, f"train_{args.model}", ROOT / "params.yaml")
+    params = load_section(TrainParams, f"train_{args.model}", args.params)
     params = dataclasses.replace(params, batch_size=args.batch_size)
     seed_everything(0)
     train, val = generate_split(args.images, 0), generate_split(args.images // 8, 1)
     precision = resolve_precision(params.precision, torch.device("cpu"))
-    print(f"{args.model}, batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads, "
+    print(f"{args.model} ({args.params}), batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads, "
           f"pipeline precision {precision} (precision: {params.precision})")
     a = bare(params, args.images, precision)
     b = pipeline(params, train, val)
