@@ -120,8 +120,8 @@ def main() -> None:
     seed_everything(0)
     train, val = generate_split(args.images, 0), generate_split(args.images // 8, 1)
     precision = resolve_precision(params.precision, torch.device("cpu"))
-    print(f"{args.model} ({args.params}), batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads, "
-          f"pipeline precision {precision} (precision: {params.precision})")
+    print(f"{args.model} ({args.params}), batch {args.batch_size}, {args.images} images, "
+          f"{torch.get_num_threads()} threads, pipeline precision {precision} (precision: {params.precision})")
     a = bare(params, args.images, precision)
     b = pipeline(params, train, val)
     c = reference(params, train, args.images)
