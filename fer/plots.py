@@ -91,29 +91,33 @@ def image_gallery(images: np.ndarray, captions: Sequence[str], title: str, colum
 
 def saliency_figure(images: np.ndarray, maps: dict[str, np.ndarray], captions: Sequence[str],
                     title: str, notes: dict[str, str] | None = None) -> Figure:
-    """Rows = images; columns = the image, then each method's map as an overlay; `notes` (per
-    method, e.g. sanity numbers) go under the column titles."""
+    """Rows = images; columns = the image, then for each method its map alone and the map as an
+    overlay on the image (each map scaled to its own range); `notes` (per method, e.g. sanity
+    numbers) go under the column titles."""
     notes = notes or {}
     methods = list(maps)
-    fig, axes = plt.subplots(len(images), 1 + len(methods), figsize=(1.9 * (1 + len(methods)), 1.9 * len(images)),
-                             squeeze=False)
+    columns = 1 + 2 * len(methods)
+    height = 1.9 * len(images) + 0.9
+    fig, axes = plt.subplots(len(images), columns, figsize=(1.9 * columns, height), squeeze=False)
     for row, image in enumerate(images):
         axes[row, 0].imshow(image, cmap="gray", vmin=0, vmax=255)
         axes[row, 0].set_ylabel(captions[row], fontsize=7)
-        for col, method in enumerate(methods, start=1):
+        for index, method in enumerate(methods):
             heat = maps[method][row]
             span = np.ptp(heat)
             heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
-            axes[row, col].imshow(image, cmap="gray", vmin=0, vmax=255)
-            axes[row, col].imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+            raw, overlay = axes[row, 1 + 2 * index], axes[row, 2 + 2 * index]
+            raw.imshow(heat, cmap="inferno", vmin=0, vmax=1)
+            overlay.imshow(image, cmap="gray", vmin=0, vmax=255)
+            overlay.imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
             if row == 0:
-                label = f"{method}\n{notes[method]}" if method in notes else method
-                axes[row, col].set_title(label, fontsize=7)
+                raw.set_title(f"{method}\n{notes[method]}" if method in notes else method, fontsize=7)
+                overlay.set_title("overlay", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))  # keep the title clear of the column titles
     return fig
 
 
