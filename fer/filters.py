@@ -157,7 +157,8 @@ def activation_maximisation(model: ConvNet, block: int, steps: int, lr: float, t
         optimiser = torch.optim.Adam([spectrum], lr=lr)
         for step in range(1, steps + 1):
             image = render()
-            loss = -objective(_jitter(image, generator, max_shift, max_rotation, max_scale)).mean() + tv_weight * _total_variation(image)
+            jittered = _jitter(image, generator, max_shift, max_rotation, max_scale)
+            loss = -objective(jittered).mean() + tv_weight * _total_variation(image)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -13,6 +13,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from fer import CLASS_NAMES  # noqa: E402
 
 
+def _to_unit_range(a: np.ndarray) -> np.ndarray:
+    """`a` scaled to [0, 1] by its own min and max (all zeros when constant): per-image display
+    normalisation for maps and optimised images."""
+    span = np.ptp(a)
+    return (a - a.min()) / span if span > 0 else np.zeros_like(a, dtype=float)
+
+
 def confusion_figure(matrix: np.ndarray, title: str, normalised: bool = False) -> Figure:
     """Confusion matrix with class names and the value in every cell (rows = true class)."""
     values = matrix.astype(float)
@@ -69,21 +76,15 @@ def history_figure(history: Sequence[dict], best_epoch: int, title: str) -> Figu
     return fig
 
 
-def image_gallery(images: np.ndarray, captions: Sequence[str], title: str, columns: int = 6,
-                  boxes: np.ndarray | None = None) -> Figure:
-    """A grid of grayscale images with a caption each, and optionally one rectangle per image
-    (top, left, bottom, right), e.g. a receptive field."""
+def image_gallery(images: np.ndarray, captions: Sequence[str], title: str, columns: int = 6) -> Figure:
+    """A grid of grayscale images with a caption under each."""
     rows = max(1, int(np.ceil(len(images) / columns)))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.7, rows * 2.0), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for index, (ax, image, caption) in enumerate(zip(axes.flat, images, captions)):
+    for ax, image, caption in zip(axes.flat, images, captions):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.dtype == np.uint8 else None)
         ax.set_title(caption, fontsize=7)
-        if boxes is not None:
-            top, left, bottom, right = boxes[index]
-            ax.add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left + 1, bottom - top + 1,
-                                       fill=False, edgecolor="red", linewidth=1))
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -103,9 +104,7 @@ def saliency_figure(images: np.ndarray, maps: dict[str, np.ndarray], captions: S
         axes[row, 0].imshow(image, cmap="gray", vmin=0, vmax=255)
         axes[row, 0].set_ylabel(captions[row], fontsize=7)
         for index, method in enumerate(methods):
-            heat = maps[method][row]
-            span = np.ptp(heat)
-            heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+            heat = _to_unit_range(maps[method][row])
             raw, overlay = axes[row, 1 + 2 * index], axes[row, 2 + 2 * index]
             raw.imshow(heat, cmap="inferno", vmin=0, vmax=1)
             overlay.imshow(image, cmap="gray", vmin=0, vmax=255)
@@ -128,8 +127,7 @@ def filter_grid(images: np.ndarray, title: str, columns: int = 16) -> Figure:
     for ax in axes.flat:
         ax.axis("off")
     for index, (ax, image) in enumerate(zip(axes.flat, images)):
-        span = np.ptp(image)
-        ax.imshow((image - image.min()) / span if span > 0 else image, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(_to_unit_range(image), cmap="gray", vmin=0, vmax=1)
         ax.set_title(str(index), fontsize=5)
     fig.suptitle(title)
     fig.tight_layout()
@@ -174,9 +172,7 @@ def filter_atlas(optimised: np.ndarray, examples: np.ndarray, boxes: np.ndarray,
     fig, axes = plt.subplots(n, 2, figsize=(1.0 * (k + 1) + 2.2, 1.05 * n + 0.6), squeeze=False,
                              gridspec_kw={"width_ratios": [k + 1, 2.2]})
     for row in range(n):
-        image = optimised[row]
-        span = np.ptp(image)
-        first = ((image - image.min()) / span * 255 if span > 0 else np.zeros_like(image)).astype(np.uint8)
+        first = (_to_unit_range(optimised[row]) * 255).astype(np.uint8)
         strip = np.concatenate([first, *examples[row]], axis=1)
         left = axes[row, 0]
         left.imshow(strip, cmap="gray", vmin=0, vmax=255)
