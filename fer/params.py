@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from fer import FerError
+from fer import ARCHITECTURES, FerError
 
 T = TypeVar("T")
 
@@ -72,8 +72,6 @@ class ModelParams:
     fc_hidden: int
 
     def validate(self, where: str) -> None:
-        from fer.models import ARCHITECTURES
-
         _check(self.arch in ARCHITECTURES, f"{where}.arch",
                f"'{self.arch}' is not one of {', '.join(ARCHITECTURES)}")
         for name in ("dropout_conv", "dropout_fc"):

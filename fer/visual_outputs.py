@@ -25,7 +25,17 @@ ATLAS_ROWS = 16  # channels per atlas page
 # Occlusion costs 225 forward passes per image, so its sanity numbers use only the first
 # `occlusion_images` of the sanity sample (with their own random-order baseline).
 SANITY_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "grad_cam")
+# The sanity numbers DVC declares as metrics, one file per method (so `dvc metrics show` has a
+# row per method and three columns); the rest stays in sanity.json.
+HEADLINE_SANITY = ("randomisation_spearman", "deletion_auc", "insertion_auc")
 CONFUSION_CELLS, CELL_EXAMPLES = 2, 3
+
+
+def sanity_headline(sanity: dict) -> dict[str, dict[str, float]]:
+    """Per saliency method (and the random-order baseline), the numbers compared across runs."""
+    methods = {m: {k: v[k] for k in HEADLINE_SANITY if k in v} for m, v in sanity.items()
+               if isinstance(v, dict) and "deletion_auc" in v and m != "random_map"}
+    return methods
 
 
 def saliency_outputs(name: str, models_dir: Path, val: Split, params: VisualizeParams, out: Path) -> dict:

@@ -11,9 +11,10 @@ import numpy as np
 from fer import IMAGE_SIZE, cli, tracking
 from fer.data import load_prepared
 from fer.io import atomic_dir, atomic_path, write_json, write_text
-from fer.models import build_model, layer_table, layer_table_markdown, save_checkpoint
+from fer.models import ConvNet, build_model, layer_table, layer_table_markdown, save_checkpoint
 from fer.params import TrackingParams, TrainParams, load_section, section_dict
-from fer.training import fingerprint, fit, load_resume_state, resolve_precision, seed_everything, select_device
+from fer.training import (EpochRecord, FitResult, fingerprint, fit, load_resume_state, resolve_precision,
+                          seed_everything, select_device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     section = f"train_{args.model}"
     params = load_section(TrainParams, section, args.params)
     experiment = load_section(TrackingParams, "tracking", args.params).experiment
+    tracking.check_reachable()
     out = Path(args.out or f"models/{args.model}")
     seed_everything(params.seed)
     device = select_device()
@@ -40,33 +42,53 @@ def main(argv: list[str] | None = None) -> None:
     print(f"training {args.model} on {device} in {precision} "
           f"({len(splits['train'])} train / {len(splits['val'])} val images)")
 
-    with tracking.model_run(experiment, args.model, resume["run_id"] if resume else None) as run_id:
-        if not resume:
-            tracking.log_params(section_dict(section, args.params) | {"precision_used": precision})
-        result = fit(model, splits["train"], splits["val"], params, device, checkpoint, job, run_id,
-                     resume, on_epoch=tracking.log_epoch)
-        model.load_state_dict(result.best_state)
-        rows = layer_table(model)
-        with atomic_dir(out) as tmp:
-            save_checkpoint(model, params.model, tmp / "model.pt", best_epoch=result.best_epoch)
-            with atomic_path(tmp / "history.csv") as history_file, open(history_file, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=[f.name for f in dataclasses.fields(result.history[0])])
-                writer.writeheader()
-                writer.writerows(dataclasses.asdict(r) for r in result.history)
-            write_json(tmp / "layers.json", {"layers": [dataclasses.asdict(r) for r in rows],
-                                             "total_parameters": sum(r.parameters for r in rows)})
-            write_text(tmp / "layers.md", layer_table_markdown(rows, f"{args.model} layers"))
-            write_json(tmp / "run.json", {"run_id": run_id, "experiment": experiment,
-                                          "best_epoch": result.best_epoch,
-                                          "best_val_acc": result.best_val_acc, "precision": result.precision})
-        tracking.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
-        for name in ("history.csv", "layers.json", "layers.md"):
-            tracking.log_artifact(out / name, "training")
-        example = np.random.default_rng(0).random((2, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-        tracking.log_torch_model(model, params.registered_model, example)
+    run_id = tracking.open_run(experiment, args.model, resume["run_id"] if resume else None,
+                               params=section_dict(section, args.params) | {"precision_used": precision})
+    epoch_log = tracking.EpochLog(run_id, [EpochRecord(**row) for row in resume["history"]] if resume else [])
+    result = fit(model, splits["train"], splits["val"], params, device, checkpoint, job, run_id, resume,
+                 on_epoch=epoch_log)
+    model.load_state_dict(result.best_state)
+    write_outputs(out, model, params, result, run_id, experiment, args.model)
+    unsent = checkpoint.with_suffix(".unsent.json")
+    try:
+        if not epoch_log.flush():
+            tracking.check_reachable()  # the server is down: say so in one line
+        with tracking.model_run(experiment, args.model, run_id):
+            tracking.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
+            for name in ("history.csv", "layers.json", "layers.md"):
+                tracking.log_artifact(out / name, "training")
+            example = np.random.default_rng(0).random((2, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+            tracking.log_torch_model(model, params.registered_model, example)
+    except tracking.TrackingUnavailable as error:
+        # Outputs are written; the resume state stays, so a rerun sends the rest without training.
+        write_json(unsent, {"tracking_uri": tracking.tracking_uri(), "run_id": run_id,
+                            "unsent_epochs": [dataclasses.asdict(r) for r in epoch_log.pending],
+                            "final_logging_done": False})
+        raise tracking.TrackingUnavailable(
+            f"{error}. {len(epoch_log.pending)} epoch record(s) and the final logging of run {run_id} "
+            f"are kept ({unsent}); rerun `dvc repro train_{args.model}` when the server answers to send "
+            "them (training is not repeated)") from None
     checkpoint.unlink(missing_ok=True)
+    unsent.unlink(missing_ok=True)
     print(f"{args.model}: best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch}; wrote {out}")
 
+
+def write_outputs(out: Path, model: ConvNet, params: TrainParams, result: FitResult, run_id: str,
+                  experiment: str, name: str) -> None:
+    """The stage's DVC outputs, as one atomic directory swap."""
+    rows = layer_table(model)
+    with atomic_dir(out) as tmp:
+        save_checkpoint(model, params.model, tmp / "model.pt", best_epoch=result.best_epoch)
+        with atomic_path(tmp / "history.csv") as history_file, open(history_file, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[f.name for f in dataclasses.fields(EpochRecord)])
+            writer.writeheader()
+            writer.writerows(dataclasses.asdict(r) for r in result.history)
+        write_json(tmp / "layers.json", {"layers": [dataclasses.asdict(r) for r in rows],
+                                         "total_parameters": sum(r.parameters for r in rows)})
+        write_text(tmp / "layers.md", layer_table_markdown(rows, f"{name} layers"))
+        write_json(tmp / "run.json", {"run_id": run_id, "experiment": experiment,
+                                      "best_epoch": result.best_epoch,
+                                      "best_val_acc": result.best_val_acc, "precision": result.precision})
 
 if __name__ == "__main__":
     cli.run(main)

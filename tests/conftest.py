@@ -47,8 +47,11 @@ def env_with_venv() -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env_with_venv(), capture_output=True, text=True)
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None,
+        timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command with the project's environment (plus `env`); by default it must succeed."""
+    result = subprocess.run(cmd, cwd=cwd, env=env_with_venv() | (env or {}), capture_output=True, text=True,
+                            timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -57,15 +60,18 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 @pytest.fixture
 def tiny_project(tmp_path: Path) -> Path:
     """A fresh git + DVC repository holding the project's code and tiny params."""
-    project = tmp_path / "project"
-    project.mkdir()
+    return make_tiny_project(tmp_path / "project")
+
+
+def make_tiny_project(project: Path, params: dict | None = None) -> Path:
+    project.mkdir(parents=True)
     for name in PROJECT_FILES:
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, project / name)
-    write_params(project / "params.yaml", tiny_params())
+    write_params(project / "params.yaml", params or tiny_params())
     run(["git", "init", "-q"], project)
     run(["dvc", "init", "-q"], project)
     run(["dvc", "config", "core.analytics", "false"], project)
@@ -103,3 +109,56 @@ def with_row(rows: list, index: int, **fields) -> list:
     e, p, u = rows[index]
     rows[index] = (fields.get("emotion", e), fields.get("pixels", p), fields.get("usage", u))
     return rows
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` started with scripts/mlflow-server (the script `make mlflow-server`
+    runs) on 127.0.0.1, in its own process group, with its store and artifacts under `directory`."""
+
+    def __init__(self, directory: Path, backend: str = "sqlite") -> None:
+        self.directory, self.backend, self.port = directory, backend, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.artifacts = directory / "artifacts"
+
+    def _script(self, action: str) -> subprocess.CompletedProcess:
+        env = env_with_venv() | {"MLFLOW_SERVER_DIR": str(self.directory), "MLFLOW_PORT": str(self.port),
+                                 "MLFLOW_BACKEND": self.backend, "PG_PORT": str(free_port()),
+                                 "MLFLOW_WORKERS": "1", "START_TIMEOUT": "150"}
+        return subprocess.run([str(ROOT / "scripts" / "mlflow-server"), action], env=env, capture_output=True,
+                              text=True, timeout=200)
+
+    def start(self) -> "MlflowServer":
+        result = self._script("start")
+        if result.returncode != 0:
+            self.stop()
+            raise AssertionError(f"mlflow server did not start:\n{result.stdout}\n{result.stderr}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the server's workers outlive a kill of the parent)."""
+        import signal
+
+        pid = int((self.directory / "server.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+        (self.directory / "server.pid").unlink()
+
+    def stop(self) -> None:
+        self._script("stop")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """A SQLite-backed tracking server, always stopped, also when the test fails."""
+    server = MlflowServer(tmp_path / "server")
+    try:
+        yield server.start()
+    finally:
+        server.stop()

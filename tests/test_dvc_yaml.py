@@ -1,4 +1,6 @@
-"""dvc.yaml declares, for every stage, each fer/ module its script imports (directly or not)."""
+"""dvc.yaml declares, for every stage, exactly the fer/ modules its script imports (directly or
+not): a missing one would let a code change go unnoticed, an extra one would rerun the stage for
+code it never runs."""
 from __future__ import annotations
 
 import ast
@@ -54,4 +56,7 @@ def test_stage_declares_its_imports(stage: str) -> None:
         declared |= {str(p.relative_to(ROOT)) for p in path.rglob("*.py")} if path.is_dir() else {dep}
     script = f"stages/{STAGE_SCRIPTS[stage]}.py"
     assert script in declared
-    assert import_closure(ROOT / script) <= declared, sorted(import_closure(ROOT / script) - declared)
+    closure = import_closure(ROOT / script)
+    assert closure <= declared, f"undeclared: {sorted(closure - declared)}"
+    code = {d for d in declared if d.endswith(".py") and d != script}
+    assert code <= closure, f"declared but never imported: {sorted(code - closure)}"

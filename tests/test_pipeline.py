@@ -23,7 +23,8 @@ def test_pipeline_end_to_end(tiny_project: Path) -> None:
     first = run(["dvc", "repro"], tiny_project)
     assert stages_run(first.stdout) == ["prepare", "train_cnn4", "train_cnn3", "evaluate", "visualize", "report"]
     for path in ("data/prepared/train.npz", "models/cnn4/model.pt", "models/cnn3/history.csv",
-                 "metrics/cnn4.json", "metrics/cnn3.json", "results/evaluate/cnn4/confusion_val.png",
+                 "metrics/cnn4/test.json", "metrics/cnn3/val.json", "metrics/saliency/gradient.json",
+                 "results/evaluate/cnn4/confusion_val.png",
                  "results/visualize/cnn3/saliency.png", "results/visualize/cnn4/features_1_0/atlas_01.png",
                  "results/visualize/cnn4/features_3_0/atlas_08.png", "results/visualize/cnn4/feature_maps.png",
                  "dvc.lock"):
@@ -45,13 +46,13 @@ def test_pipeline_end_to_end(tiny_project: Path) -> None:
             assert sorted(steps) == list(range(1, epochs + 1)), (name, metric, steps)
         assert "val_accuracy" in run_info.data.metrics and "test_macro_f1" in run_info.data.metrics
         evaluate = {Path(a.path).name for a in client.list_artifacts(run_info.info.run_id, "evaluate")}
-        assert {"confusion_train.png", "confusion_val.png", "analysis.md", f"{name}.json"} <= evaluate
+        assert {"confusion_train.png", "confusion_val.png", "analysis.md", "metrics.json"} <= evaluate
     visual_cnn3 = {Path(a.path).name for a in client.list_artifacts(runs["cnn3"].info.run_id, "visualize")}
     assert {"saliency.png", "saliency.npz", "sanity.json"} <= visual_cnn3
     for layer in ("features_1_0", "features_3_0"):  # the two layers named in tiny params' filters_layers
         atlas = {Path(a.path).name for a in client.list_artifacts(runs["cnn4"].info.run_id, f"visualize/{layer}")}
         assert {"filters.png", "filters.npz", "atlas_01.png", "activation_histogram.png"} <= atlas, layer
-    sanity = json.loads((tiny_project / "metrics" / "saliency_sanity.json").read_text())["cnn3"]
+    sanity = json.loads((tiny_project / "results" / "visualize" / "cnn3" / "sanity.json").read_text())
     assert sanity["occlusion"]["images"] == min(tiny_params()["visualize"]["occlusion_images"], sanity["images"])
 
     # The registered model predicts through MLflow's generic interface on any batch size.
@@ -81,7 +82,7 @@ def test_pipeline_end_to_end(tiny_project: Path) -> None:
     assert (tiny_project / "reports" / "report.md").read_text() != report_before
     assert_report_matches_metrics(tiny_project)
     assert "train_cnn3.lr" in run(["dvc", "params", "diff"], tiny_project).stdout
-    assert "metrics/cnn3.json" in run(["dvc", "metrics", "diff"], tiny_project).stdout
+    assert "metrics/cnn3/val.json" in run(["dvc", "metrics", "diff"], tiny_project).stdout
     runs_after = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "cnn3"]
     assert len(runs_after) == 2
 
@@ -103,7 +104,7 @@ def assert_report_matches_metrics(project: Path) -> None:
     assert not re.search(r'(src|href)="(?!data:)', page)
     assert "<math" in page and "$$" not in page
     for model in ("cnn4", "cnn3"):
-        metrics = json.loads((project / "metrics" / f"{model}.json").read_text())
+        metrics = json.loads((project / "results" / "evaluate" / model / "metrics.json").read_text())
         for split in ("train", "val", "test"):
             row = f"| {split} | " + " | ".join(f"{metrics[split][m]:.4f}" for m in SUMMARY_METRICS) + " |"
             assert row in markdown_text, row

@@ -1,0 +1,158 @@
+"""`dvc plots show` / `dvc plots diff` without network access: the page DVC fills from
+plots/offline.html carries Vega inline, and every plot declared in dvc.yaml reaches it.
+
+The plots are rendered from small files written at the declared paths (not from a pipeline run),
+in a temporary git + DVC repository, as `dvc plots diff` between a commit and the workspace."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from fer import CLASS_NAMES, FerError
+from plots.build_page import MARKER, build_page
+from tests.conftest import ROOT, env_with_venv, run
+
+TEMPLATE = ROOT / "plots" / "template.html"
+OFFLINE_PAGE = ROOT / "plots" / "offline.html"
+NOT_BUILT = "plots/offline.html is not built: run `make plots-page` (needs npm)"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def declared_plots() -> list:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+
+
+def trained_models() -> list[str]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return [name.removeprefix("train_") for name in stages if name.startswith("train_")]
+
+
+def image_plots(plots: list) -> list[str]:
+    return [entry for entry in plots if isinstance(entry, str)]
+
+
+def chart_files(plots: list) -> dict[str, tuple[str, list[str]]]:
+    """CSV path -> (template, fields) of every Vega plot: `y` maps files to fields, or names a
+    field of the file that is the plot's id."""
+    files: dict[str, tuple[str, list[str]]] = {}
+    for entry in plots:
+        if isinstance(entry, str):
+            continue
+        (name, spec), = entry.items()
+        y = spec["y"] if isinstance(spec["y"], dict) else {name: spec["y"]}
+        for path, fields in y.items():
+            fields = [fields] if isinstance(fields, str) else fields
+            previous = files.get(path, (spec["template"], [spec["x"]]))[1]
+            files[path] = (spec["template"], previous + [f for f in fields if f not in previous])
+    return files
+
+
+def write_plot_files(project: Path, plots: list, seed: int) -> None:
+    """Small files at every declared path: numbers for line charts, class names for confusion
+    charts, a grey image for PNG plots (different for each seed, so revisions differ)."""
+    rng = np.random.default_rng(seed)
+    for path, (template, fields) in chart_files(plots).items():
+        rows = [[CLASS_NAMES[rng.integers(len(CLASS_NAMES))] if template.startswith("confusion")
+                 else str(i + 1 if j == 0 else round(float(rng.random()), 3)) for j in range(len(fields))]
+                for i in range(12)]
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        (project / path).write_text("\n".join(",".join(row) for row in [fields, *rows]) + "\n")
+    for path in image_plots(plots):
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (24, 16), int(rng.integers(256))).save(project / path)
+
+
+@pytest.fixture(scope="module")
+def plots_diff(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(output directory, index.html) of `dvc plots diff` between a commit and the workspace, in a
+    repository holding dvc.yaml's plots section, with plots.html_template set the way
+    `make plots-page` sets it when the offline page is built."""
+    project = tmp_path_factory.mktemp("plots") / "project"
+    project.mkdir()
+    plots = declared_plots()
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}, sort_keys=False))
+    run(["git", "init", "-q"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["dvc", "config", "core.analytics", "false"], project)
+    if OFFLINE_PAGE.is_file():
+        (project / "plots").mkdir()
+        shutil.copy2(OFFLINE_PAGE, project / "plots" / "offline.html")
+        run(["dvc", "config", "--local", "plots.html_template", "../plots/offline.html"], project)
+    write_plot_files(project, plots, seed=0)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "plots"], project)
+    write_plot_files(project, plots, seed=1)
+    run(["dvc", "plots", "diff"], project)
+    out = project / "dvc_plots"
+    return out, (out / "index.html").read_text()
+
+
+def test_template_keeps_out_dvc_cdn_scripts() -> None:
+    template = TEMPLATE.read_text()
+    assert "{plot_divs}" in template and template.count(MARKER) == 1
+    assert "{scripts}" not in template  # where DVC would put its CDN <script src> tags
+    assert not re.search(r"<script[^>]*\bsrc=", template)
+
+
+def test_build_page_inlines_scripts_in_order() -> None:
+    page = build_page(TEMPLATE.read_text(), {"a 1": "var a = 1;\n//# sourceMappingURL=a.js.map",
+                                             "b 2": "var b = a;"})
+    assert MARKER not in page and "sourceMappingURL" not in page
+    assert page.index("var a = 1;") < page.index("var b = a;") < page.index("{plot_divs}")
+    for code in ('document.write("</script>")', "var page = '{plot_divs}';"):
+        with pytest.raises(FerError, match="cannot be inlined"):
+            build_page(TEMPLATE.read_text(), {"bad 1": code})
+
+
+def test_png_figures_are_declared_for_every_model() -> None:
+    paths = image_plots(declared_plots())
+    for model in trained_models():
+        assert f"reports/history_{model}.png" in paths, model
+        assert any(p.startswith(f"results/evaluate/{model}/confusion_") for p in paths), model
+
+
+def test_every_declared_plot_is_on_the_page(plots_diff: tuple[Path, str]) -> None:
+    out, page = plots_diff
+    plots = declared_plots()
+    paths = image_plots(plots)
+    blocks = re.split("<p>(" + "|".join(map(re.escape, paths)) + ")</p>", page)[1:]
+    shown = dict(zip(blocks[::2], blocks[1::2]))
+    assert sorted(shown) == sorted(paths)
+    for path, block in shown.items():  # one image per revision, side by side
+        images = dict(re.findall(r'<p>([^<]+)</p>\s*<img src="([^"]+)">', block))
+        assert sorted(images) == ["HEAD", "workspace"], (path, images)
+        assert (out / images["HEAD"]).read_bytes() != (out / images["workspace"]).read_bytes(), path
+    assert page.count("vegaEmbed('#") == len(plots) - len(paths)
+
+
+def test_page_loads_no_remote_script(plots_diff: tuple[Path, str]) -> None:
+    if not OFFLINE_PAGE.is_file():
+        pytest.skip(NOT_BUILT)
+    _, page = plots_diff
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert not re.search(r'<(img|link)[^>]*\b(src|href)="https?:', page)
+    assert "<script>/* vega-embed " in page  # the inline scripts are there, not DVC's default page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium to render the page in")
+def test_charts_draw_offline_in_chromium(plots_diff: tuple[Path, str], tmp_path: Path) -> None:
+    if not OFFLINE_PAGE.is_file():
+        pytest.skip(NOT_BUILT)
+    out, page = plots_diff
+    # No proxy reachable and no host resolvable: any network request fails.
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+         (out / "index.html").as_uri()],
+        capture_output=True, text=True, timeout=120, env=env_with_venv()).stdout
+    drawn = re.findall(r'<(?:canvas|svg)[^>]*class="marks"', dom)  # what Vega adds once a chart is drawn
+    assert len(drawn) == page.count("vegaEmbed('#") > 0, "not every Vega chart was drawn"
