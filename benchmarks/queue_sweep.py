@@ -29,8 +29,9 @@ from tests.conftest import make_tiny_project, tiny_params, write_params  # noqa:
 EXPERIMENTS = 4
 
 
-def sh(cmd: list[str], cwd: Path) -> str:
+def sh(cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE")}
+    env.update(extra_env or {})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -42,7 +43,10 @@ def sweep(project: Path, workers: int, lrs: list[float]) -> float:
     for lr in lrs:
         sh(["dvc", "exp", "run", "--queue", "-S", f"train_cnn3.lr={lr}"], project)
     started = time.perf_counter()
-    sh(["dvc", "queue", "start", "-j", str(workers)], project)
+    # The cores are shared out between the workers: more compute threads than cores make
+    # PyTorch's thread pools wait on each other and run many times slower.
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    sh(["dvc", "queue", "start", "-j", str(workers)], project, {"OMP_NUM_THREADS": threads})
     while re.search(r"\b(Queued|Running)\b", status := sh(["dvc", "queue", "status"], project)):
         time.sleep(1)
     elapsed = time.perf_counter() - started

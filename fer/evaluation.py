@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy import special
 from scipy.stats import spearmanr
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
@@ -13,9 +14,8 @@ LABELS = list(range(NUM_CLASSES))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    """Class probabilities of each row of logits (N, K)."""
+    return special.softmax(logits, axis=1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,20 +8,16 @@ the normalisation.
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from fer import IMAGE_SIZE, NUM_CLASSES
+from fer import ARCHITECTURES, IMAGE_SIZE, NUM_CLASSES, FerError
 from fer.io import atomic_path
 from fer.params import ModelParams
-
-# Conv widths of each architecture of the study; every conv block is conv3x3 -> ReLU -> maxpool2.
-ARCHITECTURES: dict[str, tuple[int, ...]] = {
-    "cnn4": (32, 64, 128, 128),
-    "cnn3": (64, 128, 512),
-}
 
 
 class Standardize(nn.Module):
@@ -87,11 +83,44 @@ def save_checkpoint(model: ConvNet, params: ModelParams, path: Any, **extra: Any
         torch.save(payload, tmp)
 
 
+class CheckpointError(FerError, ValueError):
+    """A checkpoint file is missing, corrupt, or not one this project wrote."""
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The start of an error's message: torch's loading errors run to a dozen lines."""
+    text = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(error).__name__}: {text[:120]}" if text else type(error).__name__
+
+
+def read_checkpoint(path: Any, what: str, keys: tuple[str, ...],
+                    device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The dict saved in a torch checkpoint with at least `keys`, loaded without unpickling
+    arbitrary objects, or CheckpointError: one line naming the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle also draws a multi-line protocol warning
+            warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+            payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch.load fails with RuntimeError, EOFError, UnpicklingError, KeyError, ...
+        raise CheckpointError(f"{path}: not a readable {what} ({_first_sentence(error)})") from None
+    missing = [key for key in keys if key not in payload] if isinstance(payload, dict) else list(keys)
+    if missing:
+        raise CheckpointError(f"{path}: not a {what} (no {', '.join(missing)})")
+    return payload
+
+
 def load_model(path: Any, device: torch.device | str = "cpu") -> ConvNet:
     """Rebuild a trained model from `model.pt` without unpickling arbitrary objects."""
-    payload = torch.load(path, map_location=device, weights_only=True)
-    model = build_model(ModelParams(**payload["model_params"]))
-    model.load_state_dict(payload["state_dict"])
+    payload = read_checkpoint(path, "model checkpoint", ("model_params", "state_dict"), device)
+    try:
+        model = build_model(ModelParams(**payload["model_params"]))
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, KeyError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: weights do not fit the architecture it names "
+                              f"({_first_sentence(error)})") from None
     return model.to(device).eval()
 
 

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from fer import CLASS_NAMES  # noqa: E402
+from fer.evaluation import row_normalise  # noqa: E402
 
 
 def _to_unit_range(a: np.ndarray) -> np.ndarray:
@@ -22,10 +23,7 @@ def _to_unit_range(a: np.ndarray) -> np.ndarray:
 
 def confusion_figure(matrix: np.ndarray, title: str, normalised: bool = False) -> Figure:
     """Confusion matrix with class names and the value in every cell (rows = true class)."""
-    values = matrix.astype(float)
-    if normalised:
-        totals = values.sum(axis=1, keepdims=True)
-        values = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+    values = row_normalise(matrix) if normalised else matrix.astype(float)
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalised else None)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)

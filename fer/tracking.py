@@ -216,24 +216,29 @@ def open_run(experiment: str, run_name: str, run_id: str | None = None,
              params: Mapping[str, Any] | None = None) -> str:
     """The id of the model's run: `run_id` when the store has it, else a new run, tagged with
     the git commit and the DVC stage (and experiment, under `dvc exp run`) and given `params`.
-    The run is left RUNNING until `finish_run`; nothing stays active in this process."""
-    from mlflow.tracking import MlflowClient
-
+    The run stays RUNNING (nothing is active in this process) until `model_run` reopens and
+    ends it, so a killed stage leaves a run that its resumed stage can continue."""
     uri = connect()
     with _outage_as_error(uri):
-        existing = _existing_run(run_id, run_name, uri)
-        if existing:
-            return existing
-        client = MlflowClient(uri)
-        experiment_id = _experiment_id(experiment, uri)
-        run = retry_locked(lambda: client.create_run(experiment_id, tags=_new_run_tags(run_name),
-                                                     run_name=run_name))
-        if params:
-            from mlflow.entities import Param
+        return _open_run(uri, experiment, run_name, run_id, params)
 
-            batch = [Param(k, str(v)) for k, v in flatten(params).items()]
-            retry_locked(lambda: client.log_batch(run.info.run_id, params=batch))
-        return run.info.run_id
+
+def _open_run(uri: str, experiment: str, run_name: str, run_id: str | None,
+              params: Mapping[str, Any] | None = None) -> str:
+    from mlflow.tracking import MlflowClient
+
+    existing = _existing_run(run_id, run_name, uri)
+    if existing:
+        return existing
+    client = MlflowClient(uri)
+    experiment_id = _experiment_id(experiment, uri)
+    run = retry_locked(lambda: client.create_run(experiment_id, tags=_new_run_tags(run_name), run_name=run_name))
+    if params:
+        from mlflow.entities import Param
+
+        batch = [Param(k, str(v)) for k, v in flatten(params).items()]
+        retry_locked(lambda: client.log_batch(run.info.run_id, params=batch))
+    return run.info.run_id
 
 
 @contextlib.contextmanager
@@ -244,7 +249,7 @@ def model_run(experiment: str, run_name: str, run_id: str | None = None) -> Iter
 
     uri = connect()
     with _outage_as_error(uri):
-        run_id = open_run(experiment, run_name, run_id)
+        run_id = _open_run(uri, experiment, run_name, run_id)
         with mlflow.start_run(run_id=run_id) as run:
             yield run.info.run_id
 

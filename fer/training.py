@@ -8,6 +8,7 @@ import json
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from fer import NUM_CLASSES, FerError
 from fer.augment import augment_batch
 from fer.data import Split
 from fer.io import atomic_path
+from fer.models import CheckpointError, read_checkpoint
 from fer.params import TrainParams
 
 
@@ -54,17 +56,41 @@ def select_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+CPU_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu functions
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareProbes:
+    """The questions `resolve_precision` asks the hardware. The CPU probes are private torch
+    functions, keyed by their names in `torch.cpu`; one this torch build lacks is absent."""
+    cuda_bf16: Callable[[], bool]
+    cpu_bf16: dict[str, Callable[[], bool]]
+
+
+def torch_probes() -> HardwareProbes:
+    """The real probes of the installed torch."""
+    return HardwareProbes(torch.cuda.is_bf16_supported,
+                          {name: getattr(torch.cpu, name) for name in CPU_BF16_PROBES if hasattr(torch.cpu, name)})
+
+
+def resolve_precision(precision: str, device: torch.device, probes: HardwareProbes | None = None) -> str:
     """`auto` -> `bf16` where bfloat16 matrix products run natively (CUDA with bf16, or a CPU with
-    AVX512-BF16 or AMX: about 2.2x the fp32 training throughput on this project's 2-core AMD
-    EPYC), else `fp32`; emulated bf16 would be slower than fp32."""
+    AVX512-BF16 or AMX: about 2.2x the fp32 training throughput of CNN4 measured on a 2-core AMD
+    EPYC CPU with AMX), else `fp32`: emulated bf16 would be slower than fp32. When a CPU probe is
+    missing from this torch build and no other says yes, `auto` warns (once) and keeps fp32."""
     if precision != "auto":
         return precision
+    probes = probes or torch_probes()
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native = [getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
-                                                                     "_is_amx_tile_supported")]
-    return "bf16" if any(native) else "fp32"
+        return "bf16" if probes.cuda_bf16() else "fp32"
+    if any(probe() for probe in probes.cpu_bf16.values()):
+        return "bf16"
+    missing = [name for name in CPU_BF16_PROBES if name not in probes.cpu_bf16]
+    if missing:
+        warnings.warn(f"precision auto: this torch build has no torch.cpu.{', torch.cpu.'.join(missing)}, so "
+                      "native bfloat16 cannot be detected; training in fp32 (set precision: bf16 to use it)",
+                      RuntimeWarning, stacklevel=2)
+    return "fp32"
 
 
 def seed_everything(seed: int) -> None:
@@ -158,11 +184,17 @@ def _save_resume_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_resume_state(path: Path, job_fingerprint: str) -> dict[str, Any] | None:
-    """The last per-epoch checkpoint of the same job, or None (missing, other params or data)."""
+    """The last per-epoch checkpoint of the same job, or None (missing, other params or data).
+
+    A file there that is not a resume state raises CheckpointError rather than being overwritten
+    silently: it is not something this project wrote."""
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state if state.get("fingerprint") == job_fingerprint else None
+    try:
+        state = read_checkpoint(path, "resume state", ("fingerprint",))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; delete it to train from scratch") from None
+    return state if state["fingerprint"] == job_fingerprint else None
 
 
 def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, device: torch.device,
@@ -171,8 +203,9 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
         on_epoch: Callable[[EpochRecord], None] = lambda record: None) -> FitResult:
     """Train `model`; return the history and the best weights by validation accuracy.
 
-    After every epoch a full resume state (model, optimizer, scheduler, RNG states, history,
-    best weights, MLflow run id) is written atomically to `checkpoint_path`. With bf16 precision
+    After every epoch a full resume state (model, optimizer, scheduler, CPU and CUDA RNG states,
+    history, best weights, MLflow run id) is written atomically to `checkpoint_path`, and only
+    then is the epoch's record handed to `on_epoch`. With bf16 precision
     the forward pass runs under autocast (weights, optimizer and loss stay fp32); validation and
     every later prediction run in fp32.
     """
@@ -197,6 +230,8 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
+        if device.type == "cuda" and resume.get("cuda_rng"):  # dropout draws on the device
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
         history = [EpochRecord(**row) for row in resume["history"]]
         best_epoch, best_val_acc, best_state = resume["best_epoch"], resume["best_val_acc"], resume["best_state"]
 
@@ -238,14 +273,15 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
         if val_acc > best_val_acc:
             best_epoch, best_val_acc = epoch, val_acc
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        on_epoch(record)
         _save_resume_state(checkpoint_path, {
             "fingerprint": job_fingerprint, "run_id": run_id, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             "history": [dataclasses.asdict(r) for r in history], "best_epoch": best_epoch,
             "best_val_acc": best_val_acc, "best_state": best_state,
         })
+        on_epoch(record)  # after the save: a kill in between is caught up on resume, never repeated
         tqdm.write(f"epoch {epoch:3d}  train loss {record.train_loss:.4f} acc {record.train_acc:.4f}  "
                    f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.2e}  "
                    f"{record.epoch_seconds:.1f}s  {record.images_per_second:.0f} img/s")

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fer import CLASS_NAMES
+from fer import CLASS_NAMES, FerError
 from fer.data import DataError, load_split, stratified_holdout
 from fer.data.prepare import prepare
 from fer.data.quality import clean_train, quality_report
@@ -33,8 +34,9 @@ def test_kaggle_csv_splits_by_usage(tmp_path: Path, gz: bool) -> None:
     assert detect_format(path) == "kaggle"
     splits = read(path)
     assert {k: len(v) for k, v in splits.items()} == {"train": 7, "val": 7, "test": 7}
-    first = np.array(rows[0][1].split(), dtype=np.uint8).reshape(48, 48)
-    np.testing.assert_array_equal(splits["train"].images[0], first)
+    expected = np.array([pixels.split() for _, pixels, _ in rows], dtype=np.uint8).reshape(-1, 48, 48)
+    for split, rows_of_split in (("train", slice(0, 7)), ("val", slice(7, 14)), ("test", slice(14, 21))):
+        np.testing.assert_array_equal(splits[split].images, expected[rows_of_split])
     assert splits["train"].labels.tolist() == [i % 7 for i in range(7)]
 
 
@@ -117,16 +119,58 @@ def test_renamed_column(tmp_path: Path) -> None:
     (" ".join(["7"] * 10 + ["256"] + ["7"] * 2293), "line 5: pixel 11 is '256', expected an integer in 0-255"),
     (" ".join(["-1"] + ["7"] * 2303), "line 5: pixel 1 is '-1', expected an integer in 0-255"),
     ("", "line 5: empty 'pixels' field, expected 2304 pixel values"),
+    # Non-ASCII digits: '²' passes str.isdigit and fails int(); int() reads '٣' as 3.
+    (" ".join(["7"] * 9 + ["²"] + ["7"] * 2294), "line 5: pixel 10 is '²', expected an integer in 0-255"),
+    (" ".join(["٣"] + ["7"] * 2303), "line 5: pixel 1 is '٣', expected an integer in 0-255"),
+    (" ".join(["7"] * 2303 + ["1000"]), "line 5: pixel 2304 is '1000', expected an integer in 0-255"),
 ])
 def test_bad_pixels_name_the_line(tmp_path: Path, pixels: str, message: str) -> None:
     path = write_kaggle_csv(tmp_path / "fer2013.csv", with_row(kaggle_rows(), 3, pixels=pixels))
     assert _error(path) == f"{path} {message}"
 
 
-@pytest.mark.parametrize("emotion", ["7", "-1", "happy", "2.5"])
+@pytest.mark.parametrize("emotion", ["7", "-1", "happy", "2.5", "", "٣"])
 def test_label_outside_classes(tmp_path: Path, emotion: str) -> None:
     path = write_kaggle_csv(tmp_path / "fer2013.csv", with_row(kaggle_rows(), 9, emotion=emotion))
     assert _error(path) == (f"{path} line 11: emotion is '{emotion}', expected an integer class id in 0-6")
+
+
+def test_truncated_gzip_names_the_file_and_the_last_whole_line(tmp_path: Path) -> None:
+    whole = write_kaggle_csv(tmp_path / "whole.csv.gz", kaggle_rows(), gz=True).read_bytes()
+    cut = whole[:len(whole) // 2]  # cut in the middle of the compressed stream
+    path = tmp_path / "fer2013.csv.gz"
+    path.write_bytes(cut)
+    complete_lines = zlib.decompressobj(wbits=31).decompress(cut).count(b"\n")
+    assert 1 < complete_lines < 22
+    assert _error(path) == (f"{path}: compressed data is truncated or corrupt after line {complete_lines} "
+                            "(Compressed file ended before the end-of-stream marker was reached)")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_bytes_that_are_not_utf8_name_the_line(tmp_path: Path, gz: bool) -> None:
+    rows = with_row(kaggle_rows(), 3, usage="Training")
+    text = ("emotion,pixels,Usage\n" + "".join(f"{e},{p},{u}\n" for e, p, u in rows)).encode()
+    fifth = text.split(b"\n")[4]
+    bad = text.replace(fifth, fifth[:-8] + "Träining".encode("latin-1"))  # line 5 in Latin-1
+    path = tmp_path / ("fer2013.csv.gz" if gz else "fer2013.csv")
+    path.write_bytes(gzip.compress(bad) if gz else bad)
+    position = len(fifth) - 8 + 3
+    assert _error(path) == f"{path} line 5: not UTF-8 text (byte 0xe4 at byte {position} of the line)"
+
+
+def test_binary_file_and_file_cut_within_its_header(tmp_path: Path) -> None:
+    binary = tmp_path / "photo.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    assert _error(binary) == f"{binary} line 1: not UTF-8 text (byte 0x89 at byte 1 of the line)"
+    cut = tmp_path / "fer2013.csv.gz"
+    cut.write_bytes(gzip.compress(b"emotion,pixels,Usage\n0,1 2 3,Training\n")[:15])
+    assert _error(cut).startswith(f"{cut}: compressed data is truncated or corrupt within line 1 (")
+
+
+def test_row_with_extra_field_names_the_line(tmp_path: Path) -> None:
+    rows = with_row(kaggle_rows(), 6, usage="Training,extra")
+    path = write_kaggle_csv(tmp_path / "fer2013.csv", rows)
+    assert _error(path) == f"{path} line 8: 4 fields, expected 3 as in the header"
 
 
 def test_unknown_usage(tmp_path: Path) -> None:
@@ -167,6 +211,46 @@ def test_failed_prepare_keeps_previous_output(tmp_path: Path) -> None:
     after = {p.name: p.read_bytes() for p in (tmp_path / "data" / "prepared").iterdir()}
     assert after == before
     assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".")]
+
+
+def _valid_npz(path: Path) -> Path:
+    np.savez(path, images=random_images(4), labels=np.arange(4), source_index=np.arange(4))
+    return path
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "not a readable prepared split (BadZipFile: "),
+    (lambda p: p.write_bytes(p.read_bytes()[:200]), "not a readable prepared split (BadZipFile: "),
+    (lambda p: p.write_text("emotion,pixels\n"), "not a readable prepared split (ValueError: "),
+    (lambda p: np.save(open(p, "wb"), random_images(4)), "not a readable prepared split (ValueError: a single"),
+    (lambda p: np.savez(p, images=random_images(4), labels=np.arange(4)), "no array named source_index"),
+    (lambda p: np.savez(p, images=random_images(4).astype(float), labels=np.arange(4), source_index=np.arange(4)),
+     "'images' is float64 (4, 48, 48), expected uint8 (N, 48, 48)"),
+    (lambda p: np.savez(p, images=random_images(4), labels=np.arange(3), source_index=np.arange(4)),
+     "'labels' is int64 (3,), expected 4 integers"),
+    (lambda p: np.savez(p, images=random_images(4), labels=np.arange(4) + 5, source_index=np.arange(4)),
+     "'labels' outside -1-6"),
+])
+def test_damaged_prepared_split_names_the_file(tmp_path: Path, damage, message: str) -> None:
+    path = _valid_npz(tmp_path / "train.npz")
+    assert len(load_split(path)) == 4
+    damage(path)
+    with pytest.raises(FerError) as info:
+        load_split(path)
+    assert isinstance(info.value, DataError)
+    assert str(info.value).startswith(f"{path}: {message}") and "\n" not in str(info.value)
+
+
+def test_stage_entry_point_turns_bad_input_into_one_line_and_exit_1(tmp_path: Path, capsys) -> None:
+    from fer import cli
+
+    path = _valid_npz(tmp_path / "val.npz")
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(SystemExit) as info:
+        cli.run(lambda argv: load_split(path), [])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: not a readable prepared split") and err.count("\n") == 1
 
 
 # --- quality report --------------------------------------------------------------------------

@@ -111,3 +111,24 @@ def test_shift_tta_averages_the_image_and_its_four_edge_padded_shifts() -> None:
     tta = predict_logits(model, images, torch.device("cpu"), flip_tta=True, shift_tta=2)
     torch.testing.assert_close(tta, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(tta, predict_logits(model, images, torch.device("cpu"), flip_tta=True))
+
+
+def test_softmax_rows_are_probabilities_even_for_huge_logits() -> None:
+    import torch
+
+    logits = np.random.default_rng(0).normal(size=(5, 7)) * 3
+    logits[0] = [1000, -1000, 0, 999, 1000, 0, -5]  # exp() of these overflows without the max shift
+    probs = ev.softmax(logits)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(probs, torch.softmax(torch.as_tensor(logits), dim=1).numpy(), rtol=1e-12, atol=1e-300)
+
+
+def test_normalised_confusion_figure_shows_row_normalise() -> None:
+    from fer import plots
+
+    matrix = ev.confusion(LABELS, PRED)
+    matrix[1] = 0  # a class with no image: its row stays 0, not NaN
+    figure = plots.confusion_figure(matrix, "test", normalised=True)
+    shown = np.array([float(t.get_text()) for t in figure.axes[0].texts]).reshape(7, 7)
+    np.testing.assert_allclose(shown, np.round(ev.row_normalise(matrix), 2))
+    assert np.isfinite(shown).all() and (shown[1] == 0).all()

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fer.models import build_model, layer_table, layer_table_markdown, load_model, save_checkpoint
+from fer import FerError
+from fer.models import CheckpointError, build_model, layer_table, layer_table_markdown, load_model, save_checkpoint
 from fer.params import ModelParams
 
 
@@ -47,3 +48,29 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
     model.eval()
     torch.testing.assert_close(loaded(x), model(x))
     assert torch.load(tmp_path / "model.pt", weights_only=True)["model_params"]["arch"] == "cnn4"
+
+
+def _saved_cnn4(path: Path) -> Path:
+    save_checkpoint(build_model(params("cnn4")), params("cnn4"), path)
+    return path
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:2000]), "not a readable model checkpoint (RuntimeError: "),
+    (lambda p: p.write_text("emotion,pixels,Usage\n"), "not a readable model checkpoint ("),
+    (lambda p: p.write_bytes(b""), "not a readable model checkpoint (EOFError"),
+    (lambda p: torch.save([1, 2, 3], p), "not a model checkpoint (no model_params, state_dict)"),
+    (lambda p: torch.save({"fingerprint": "x", "history": []}, p),
+     "not a model checkpoint (no model_params, state_dict)"),
+    (lambda p: torch.save({"model_params": dict(vars(params("cnn3"))),
+                           "state_dict": build_model(params("cnn4")).state_dict()}, p),
+     "weights do not fit the architecture it names (RuntimeError: "),
+    (lambda p: p.unlink(), "model checkpoint not found"),
+])
+def test_a_file_that_is_not_a_checkpoint_names_the_file(tmp_path: Path, damage, message: str) -> None:
+    path = _saved_cnn4(tmp_path / "model.pt")
+    damage(path)
+    with pytest.raises(FerError) as info:
+        load_model(path)
+    assert isinstance(info.value, CheckpointError)
+    assert str(info.value).startswith(f"{path}: {message}") and "\n" not in str(info.value)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,7 +111,7 @@ def test_queued_sweep_and_experiments_from_two_machines(team: dict) -> None:
     machine_a = clone(team, "machine-a")
     for lr in QUEUED_LRS:
         run(["dvc", "exp", "run", "--queue", "-S", f"train_cnn3.lr={lr}"], machine_a, env=env)
-    run(["dvc", "queue", "start", "-j", "2"], machine_a, env=env)
+    run(["dvc", "queue", "start", "-j", "2"], machine_a, env=env | {"OMP_NUM_THREADS": "1"})
     wait_for_queue(machine_a, timeout_s=900)
     names_a = experiment_names(machine_a)
     assert len(names_a) == len(QUEUED_LRS), names_a
@@ -192,3 +192,22 @@ def test_postgresql_backed_server_stores_runs(tmp_path: Path) -> None:
         server.stop()
         mlflow.set_tracking_uri(previous_uri)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_experiment_with_a_local_artifact_location_is_refused_by_name(team: dict, tmp_path: Path) -> None:
+    """An experiment created in a local store keeps artifacts on one machine: against a server the
+    stages stop with a message instead of silently writing artifacts into the clone."""
+    client = MlflowClient(team["server"].url)
+    client.create_experiment("copied-from-local", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    params = team_params()
+    params["tracking"]["experiment"] = "copied-from-local"
+    other = tmp_path / "params.yaml"
+    other.write_text(yaml.safe_dump(params))
+    result = run([sys.executable, "-m", "stages.prepare", "--params", str(other), "--out", str(tmp_path / "prepared")],
+                 team["project"], check=False, env=team["env"])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: experiment 'copied-from-local' on {team['server'].url} keeps its artifacts in "
+        f"{(tmp_path / 'mlartifacts').as_uri()}, a directory of one machine, so they would never reach the server; "
+        "set tracking.experiment in params.yaml to a new name (the server then stores the artifacts itself)")
+    assert not (tmp_path / "mlartifacts").exists()

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from fer.augment import augment_batch
 from fer.data.synthetic import generate_split
 from fer.models import build_model
 from fer.params import AugmentParams, TrainParams, load_section
-from fer.training import TrainingDiverged, fit, seed_everything
+from fer.training import (CPU_BF16_PROBES, EpochRecord, HardwareProbes, TrainingDiverged, fit,
+                          resolve_precision, seed_everything, torch_probes)
 from tests.conftest import ROOT, env_with_venv, run, tiny_params, write_params
 
 
@@ -68,13 +70,58 @@ def test_each_precision_is_reproducible_and_learns(tmp_path: Path, precision: st
     assert a.history[-1].train_loss < a.history[0].train_loss
 
 
-def test_precision_auto_resolves_to_what_the_hardware_runs_natively() -> None:
-    from fer.training import resolve_precision
+def _never() -> bool:
+    raise AssertionError("a probe was asked although the answer did not depend on it")
 
-    cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+
+def _probes(cuda: bool | None = None, **cpu: bool) -> HardwareProbes:
+    """Injected answers: cuda=None means the CUDA probe must not be asked; each CPU probe given
+    by name answers its value, the others are missing from this 'torch build'."""
+    return HardwareProbes(_never if cuda is None else (lambda: cuda),
+                          {name: (lambda value=value: value) for name, value in cpu.items()})
+
+
+AVX, AMX = CPU_BF16_PROBES
+
+
+@pytest.mark.parametrize("device, probes, expected", [
+    ("cuda", _probes(cuda=True), "bf16"),
+    ("cuda", _probes(cuda=False, **{AVX: True, AMX: True}), "fp32"),  # the CPU's answer does not matter
+    ("cpu", _probes(**{AVX: True, AMX: False}), "bf16"),
+    ("cpu", _probes(**{AVX: False, AMX: True}), "bf16"),
+    ("cpu", _probes(**{AVX: False, AMX: False}), "fp32"),
+    ("cpu", _probes(**{AMX: True}), "bf16"),  # one probe missing, the other says yes
+])
+def test_precision_auto_decision_table(device: str, probes: HardwareProbes, expected: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none of these may warn
+        assert resolve_precision("auto", torch.device(device), probes) == expected
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_explicit_precision_asks_no_probe(precision: str, device: str) -> None:
+    probes = HardwareProbes(_never, {AVX: _never, AMX: _never})
+    assert resolve_precision(precision, torch.device(device), probes) == precision
+
+
+@pytest.mark.parametrize("cpu", [{}, {AVX: False}, {AMX: False}])
+def test_precision_auto_warns_once_when_a_probe_is_missing(cpu: dict) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's own once-per-place rule, fresh for this test
+        for _ in range(3):
+            assert resolve_precision("auto", torch.device("cpu"), _probes(**cpu)) == "fp32"
+    assert len(caught) == 1 and caught[0].category is RuntimeWarning
+    missing = [name for name in CPU_BF16_PROBES if name not in cpu]
+    assert str(caught[0].message).startswith(
+        f"precision auto: this torch build has no torch.cpu.{', torch.cpu.'.join(missing)}, so native bfloat16")
+
+
+def test_real_probes_are_the_installed_torch_functions() -> None:
+    probes = torch_probes()
+    assert probes.cuda_bf16 is torch.cuda.is_bf16_supported
+    assert all(probe is getattr(torch.cpu, name) for name, probe in probes.cpu_bf16.items())
+    assert set(probes.cpu_bf16) == {name for name in CPU_BF16_PROBES if hasattr(torch.cpu, name)}
 
 
 def test_non_finite_loss_names_epoch_and_batch(tmp_path: Path) -> None:
@@ -82,11 +129,21 @@ def test_non_finite_loss_names_epoch_and_batch(tmp_path: Path) -> None:
         _fit(train_params(lr=1e30, schedule="constant", optimizer="sgd"), tmp_path)
 
 
+def _epochs_saved(checkpoint: Path) -> int:
+    """Epochs held by the resume state (0 while there is none); it is replaced atomically, so a
+    read sees either the previous state or the new one."""
+    if not checkpoint.exists():
+        return 0
+    return len(torch.load(checkpoint, map_location="cpu", weights_only=True)["history"])
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
-    """Kill the training stage mid-run with SIGKILL, rerun it: it resumes from the last finished
-    epoch in the same MLflow run and ends with the uninterrupted run's history."""
-    params = tiny_params(train_cnn4={"epochs": 4})
+    """Kill the training stage with SIGKILL once the resume state holds 2 of 4 epochs, rerun it:
+    it resumes from the last saved epoch in the same MLflow run, ends with the uninterrupted
+    run's history, and the run holds every epoch's metrics exactly once, in order."""
+    epochs, kill_after = 4, 2
+    params = tiny_params(train_cnn4={"epochs": epochs})
     params["prepare"]["synthetic"].update(n_train=600)
     projects = []
     for name in ("straight", "killed"):
@@ -104,14 +161,15 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     checkpoint = killed / "checkpoints" / "cnn4.pt"
     deadline = time.time() + 300
-    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)  # now mid-way through epoch 2
+    while _epochs_saved(checkpoint) < kill_after and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert checkpoint.exists() and not (killed / "models" / "cnn4" / "model.pt").exists()
+    output = process.communicate()[0]
+    saved = _epochs_saved(checkpoint)
+    assert kill_after <= saved < epochs, output
+    assert not (killed / "models" / "cnn4" / "model.pt").exists()
     resumed = run(cmd, killed)
-    assert "resuming cnn4 after epoch" in resumed.stdout
+    assert f"resuming cnn4 after epoch {saved} from" in resumed.stdout
 
     def history(project: Path) -> list[list[str]]:
         rows = (project / "models" / "cnn4" / "history.csv").read_text().splitlines()
@@ -125,8 +183,27 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = [r for r in client.search_runs(experiments) if r.info.run_name == "cnn4"]
     assert len(runs) == 1
-    steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "val_acc")}
-    assert steps == {1, 2, 3, 4}
+    per_epoch = [f.name for f in dataclasses.fields(EpochRecord) if f.name != "epoch"]
+    for key in per_epoch:
+        logged = sorted(client.get_metric_history(runs[0].info.run_id, key), key=lambda m: (m.timestamp, m.step))
+        assert [m.step for m in logged] == list(range(1, epochs + 1)), key
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint\n", b"PK\x03\x04 truncated zip"])
+def test_unreadable_resume_state_names_the_file(tmp_path: Path, content: bytes) -> None:
+    from fer import FerError
+    from fer.training import load_resume_state
+
+    path = tmp_path / "cnn4.pt"
+    path.write_bytes(content)
+    with pytest.raises(FerError) as info:
+        load_resume_state(path, "job")
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable resume state (") and "\n" not in message
+    assert message.endswith("; delete it to train from scratch")
+    torch.save({"history": []}, path)  # a torch file, but not a resume state
+    with pytest.raises(FerError, match="not a resume state \\(no fingerprint\\); delete it"):
+        load_resume_state(path, "job")
 
 
 def test_changed_params_do_not_resume(tmp_path: Path) -> None:

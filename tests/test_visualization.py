@@ -15,7 +15,7 @@ from fer.filters import (activation_maximisation, block_index, channel_statistic
 from fer.models import build_model
 from fer.params import ModelParams, TrainParams, load_section
 from fer.saliency import attribution_maps, contrast_maps, select_examples
-from fer.sanity import rank_correlations, sanity_report
+from fer.sanity import edge_map, rank_correlations, sanity_report
 from fer.training import fit, seed_everything
 from tests.conftest import ROOT
 
@@ -60,23 +60,52 @@ def trained_cnn4():
     return net.eval(), val
 
 
+def _maps_of(model, inputs, labels, methods):
+    """The maps of captum `methods`, plus `input_only`: a deliberately model-blind "method"
+    (the image itself, whatever the model) taken through the same randomisation test."""
+    maps = attribution_maps(model, inputs, labels, 0.15, 4, 8, tuple(m for m in methods if m != "input_only"))
+    if "input_only" in methods:
+        maps["input_only"] = inputs.detach().squeeze(1).numpy().copy()
+    return maps
+
+
+def _sanity(net, val, n: int = 64, methods=("gradient", "grad_cam", "input_only")) -> dict:
+    x = torch.as_tensor(val.images[:n, None] / 255.0, dtype=torch.float32)
+    targets = torch.as_tensor(val.labels[:n])
+    return sanity_report(net, x, targets, val.masks[:n], methods, _maps_of, np.linspace(0, 0.1, 6), seed=0)
+
+
 def test_sanity_numbers_on_synthetic_faces(trained_cnn4) -> None:
     net, val = trained_cnn4
-    x = torch.as_tensor(val.images[:64, None] / 255.0, dtype=torch.float32)
-    targets = torch.as_tensor(val.labels[:64])
-
-    def maps_of(model, inputs, labels, methods):
-        return attribution_maps(model, inputs, labels, 0.15, 4, 8, methods)
-
-    report = sanity_report(net, x, targets, val.masks[:64], ("gradient", "grad_cam"), maps_of,
-                           np.linspace(0, 0.1, 6), seed=0)
+    report = _sanity(net, val)
     assert report["gradient"]["mass_in_mask"] >= 2 * report["mask_area_fraction"]
     assert report["gradient"]["pointing_game"] >= report["random_map"]["pointing_game"] + 0.4
+    # The randomisation test separates maps that depend on the weights from maps that do not:
+    # the trained model's maps decorrelate from its re-initialised copy's, a model-blind map does not.
     assert report["gradient"]["randomisation_spearman"] < 0.3
     assert report["grad_cam"]["randomisation_spearman"] < 0.3
-    assert report["edges"]["randomisation_spearman"] > 0.9
+    assert report["input_only"]["randomisation_spearman"] > 0.9
     assert report["gradient"]["deletion_auc"] < report["random_order"]["deletion_auc"]
     assert report["gradient"]["insertion_auc"] > report["random_order"]["insertion_auc"]
+
+
+def test_edge_control_depends_on_the_input_only(trained_cnn4) -> None:
+    """The edge-detector control scores the same against the masks whichever model is tested,
+    while the gradient maps do not; and it is the Sobel magnitude of each image on its own."""
+    net, val = trained_cnn4
+    untrained = model()
+    trained_report, untrained_report = (_sanity(m, val, n=16, methods=("gradient",)) for m in (net, untrained))
+    for key in ("pointing_game", "mass_in_mask"):
+        assert trained_report["edges"][key] == untrained_report["edges"][key]
+    assert trained_report["gradient"]["mass_in_mask"] != untrained_report["gradient"]["mass_in_mask"]
+
+    step = np.zeros((1, 6, 6))
+    step[:, :, 3:] = 1.0  # a vertical edge between columns 2 and 3
+    expected = np.zeros((6, 6))
+    expected[:, 2:4] = 4.0  # Sobel: (1 + 2 + 1) x the step, on both sides of the edge
+    np.testing.assert_allclose(edge_map(step)[0], expected)
+    images = np.random.default_rng(0).random((3, 48, 48))
+    np.testing.assert_allclose(edge_map(images)[1], edge_map(images[1:2])[0])  # no mixing across images
 
 
 def test_rank_correlation_handles_constant_maps() -> None:
@@ -107,8 +136,10 @@ def test_activation_maximisation_raises_each_channel(trained_cnn4) -> None:
     assert images.shape == (128, 48, 48)
     val_x = torch.as_tensor(val.images[:, None] / 255.0, dtype=torch.float32)
     val_mean = channel_statistics(net, block, val_x)[0].mean(axis=0)
-    assert (final > start).all()
+    # Every channel ends above its mean over real faces; nearly every one beats its random start
+    # (keep-best never goes below the start; a channel whose start already scores high can keep it).
     assert (final > val_mean).all()
+    assert np.mean(final > start) >= 0.95
     assert np.median(final - val_mean) > 3 * np.median(np.abs(val_mean))
     # The objective is the pre-ReLU mean, which is negative for some channels at the start.
     x = torch.as_tensor(images[:, None])

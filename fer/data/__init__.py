@@ -6,6 +6,8 @@ a few megabytes instead of re-parsing text.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +53,43 @@ def save_split(path: Path, split: Split) -> None:
     write_npz(path, **arrays)
 
 
+def _check_prepared(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The layout `save_split` writes, or DataError naming the array that differs."""
+    images = arrays["images"]
+    if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{path}: 'images' is {images.dtype} {images.shape}, "
+                        f"expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE})")
+    for name in ("labels", "source_index"):
+        if arrays[name].dtype.kind not in "iu" or arrays[name].shape != (len(images),):
+            raise DataError(f"{path}: '{name}' is {arrays[name].dtype} {arrays[name].shape}, "
+                            f"expected {len(images)} integers")
+    if len(images) and not ((arrays["labels"] >= UNLABELLED) & (arrays["labels"] < NUM_CLASSES)).all():
+        raise DataError(f"{path}: 'labels' outside {UNLABELLED}-{NUM_CLASSES - 1}")
+    if "masks" in arrays and arrays["masks"].shape != images.shape:
+        raise DataError(f"{path}: 'masks' is {arrays['masks'].shape}, expected {images.shape}")
+
+
 def load_split(path: str | Path) -> Split:
+    """A split written by `prepare`, or DataError (one line naming the file) when it is missing,
+    truncated, corrupt or not laid out as `save_split` writes it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prepared split not found (run the `prepare` stage first)")
-    with np.load(path) as data:
-        masks = data["masks"] if "masks" in data.files else None
-        return Split(data["images"], data["labels"].astype(np.int64), data["source_index"], masks)
+    try:
+        loaded = np.load(path)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{path}: not a readable prepared split ({error.__class__.__name__}: {error}); "
+                        "rerun the `prepare` stage") from None
+    missing = [name for name in ("images", "labels", "source_index") if name not in arrays]
+    if missing:
+        raise DataError(f"{path}: no array named {', '.join(missing)}; rerun the `prepare` stage")
+    _check_prepared(path, arrays)
+    return Split(arrays["images"], arrays["labels"].astype(np.int64), arrays["source_index"].astype(np.int64),
+                 arrays.get("masks"))
 
 
 def load_prepared(directory: str | Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Split]:

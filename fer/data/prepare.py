@@ -9,7 +9,6 @@ from fer import CLASS_NAMES
 from fer.data import Split
 from fer.data.quality import clean_train, quality_report
 from fer.data.sources import read_source
-from fer.data.synthetic import generate_dataset
 from fer.params import PrepareParams
 
 SYNTHETIC = "synthetic"
@@ -29,6 +28,10 @@ def prepare(params: PrepareParams, root: Path) -> tuple[dict[str, Split], dict[s
     A relative `params.source` is relative to `root`, the project directory.
     """
     if params.source == SYNTHETIC:
+        # Imported here: the generator's scipy import would add about half a second to every
+        # `prepare` of a real dataset.
+        from fer.data.synthetic import generate_dataset
+
         s = params.synthetic
         splits = generate_dataset(s.n_train, s.n_val, s.n_test, s.seed, s.label_noise)
         source: dict[str, Any] = {"kind": SYNTHETIC}

