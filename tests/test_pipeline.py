@@ -62,6 +62,9 @@ def test_pipeline_end_to_end(tiny_project: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{tiny_params()['train_cnn4']['registered_model']}/1")
     assert pyfunc.predict(np.random.default_rng(0).random((3, 1, 48, 48), dtype=np.float32)).shape == (3, 7)
+    for name in ("cnn4", "cnn3"):  # the photo models, registered by the report stage
+        photo = client.get_registered_model(f"{tiny_params()[f'train_{name}']['registered_model']}-photo")
+        assert photo.latest_versions[0].run_id == runs[name].info.run_id
 
     assert_report_matches_metrics(tiny_project)
 

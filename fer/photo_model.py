@@ -1,0 +1,131 @@
+"""The photo model: an MLflow pyfunc that takes photos and returns one row per face found.
+
+Input: a DataFrame with a column `image` of base64-encoded PNG or JPEG files. Output: one row per
+detected face with the image's index (its row in the input), the box (x, y, w, h), the 7 class
+probabilities, the top class, its probability and its margin over the second class. An image
+without a face has no row. The model bundles the checkpoint (`artifacts/model.pt`), the face
+detector's settings and this package's code, and predicts through `fer.predict.predict_image`:
+the same code path as the `predict` command.
+
+mlflow is imported inside the functions (only `fer.tracking` imports it at module level).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib.metadata
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+import fer
+from fer import CLASS_NAMES, FerError
+from fer.faces import DetectorParams
+from fer.models import ConvNet, load_model
+from fer.predict import CHECKPOINT_ARTIFACT, face_rows, predict_image
+
+INPUT_COLUMN = "image"
+OUTPUT_COLUMNS = ("image", "face", "x", "y", "w", "h", *CLASS_NAMES, "top", "probability", "margin")
+# Described in the model's requirements; `mlflow models serve --env-manager local` uses the running venv.
+REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "opencv-python-headless", "captum", "matplotlib",
+                "pyyaml", "tqdm")
+
+
+class BadPhoto(FerError, ValueError):
+    """An input row that is not a base64-encoded image; the message names the row."""
+
+
+def decode_image(encoded: Any, index: int) -> np.ndarray:
+    """An OpenCV image (gray, BGR or BGRA) from base64 text (or raw bytes, in-process)."""
+    try:
+        data = encoded if isinstance(encoded, bytes) else base64.b64decode(str(encoded), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadPhoto(f"image {index}: not base64 text") from None
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if image is None:
+        raise BadPhoto(f"image {index}: not a PNG or JPEG image")
+    return image
+
+
+def encode_image(image: np.ndarray, extension: str = ".png") -> str:
+    """Base64 text of an image encoded as PNG (or JPEG with extension='.jpg'): the input format."""
+    ok, data = cv2.imencode(extension, image)
+    if not ok:
+        raise BadPhoto(f"cannot encode an image of shape {image.shape} as {extension}")
+    return base64.b64encode(data.tobytes()).decode("ascii")
+
+
+def predict_photos(model: ConvNet, encoded: Sequence[Any], detector: DetectorParams,
+                   device: torch.device | str = "cpu") -> pd.DataFrame:
+    """One row per face found in the photos (columns OUTPUT_COLUMNS); every photo is decoded first,
+    so a bad one fails the whole request before any work."""
+    images = [decode_image(item, i) for i, item in enumerate(encoded)]
+    rows = [row for i, image in enumerate(images)
+            for row in face_rows(predict_image(model, image, detector, True, device), image=i)
+            if row["face"] is not None]
+    frame = pd.DataFrame([{column: row[column] for column in OUTPUT_COLUMNS} for row in rows],
+                         columns=list(OUTPUT_COLUMNS))
+    return frame.astype({c: "int64" for c in ("image", "face", "x", "y", "w", "h")}
+                        | {c: "float64" for c in (*CLASS_NAMES, "probability", "margin")})
+
+
+def photo_model_class() -> type:
+    """The PythonModel subclass (defined here so that importing this module needs no mlflow)."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    class PhotoModel(mlflow.pyfunc.PythonModel):
+        """Face detector + crop + CNN; see the module docstring for input and output."""
+
+        def __init__(self, detector: DetectorParams) -> None:
+            self.detector = detector
+            self.model: ConvNet | None = None
+
+        def load_context(self, context: Any) -> None:
+            self.model = load_model(context.artifacts[CHECKPOINT_ARTIFACT])
+
+        def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+            if INPUT_COLUMN not in model_input:
+                raise MlflowException.invalid_parameter_value(f"expected a column '{INPUT_COLUMN}' of base64 images")
+            try:
+                return predict_photos(self.model, model_input[INPUT_COLUMN].tolist(), self.detector)
+            except BadPhoto as error:  # the scoring server answers an MlflowException with HTTP 400
+                raise MlflowException.invalid_parameter_value(str(error)) from None
+
+    return PhotoModel
+
+
+def signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    kinds = {"image": "long", "face": "long", "x": "long", "y": "long", "w": "long", "h": "long", "top": "string"}
+    return ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+                          outputs=Schema([ColSpec(kinds.get(c, "double"), c) for c in OUTPUT_COLUMNS]))
+
+
+def _requirements() -> list[str]:
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+
+
+def log_photo_model(checkpoint_path: str | Path, registered_name: str,
+                    detector: DetectorParams = DetectorParams()) -> str:
+    """Log the photo model of a checkpoint into the active MLflow run, register it under
+    `registered_name` (e.g. `fer-cnn4-photo`) and return its model URI."""
+    import mlflow.pyfunc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / CHECKPOINT_ARTIFACT  # the artifact's file name is fixed: loaders find it
+        shutil.copyfile(checkpoint_path, checkpoint)
+        info = mlflow.pyfunc.log_model(name="photo_model", python_model=photo_model_class()(detector),
+                                       artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+                                       code_paths=[str(Path(fer.__file__).parent)], signature=signature(),
+                                       pip_requirements=_requirements(), registered_model_name=registered_name)
+    return info.model_uri

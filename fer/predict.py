@@ -1,0 +1,476 @@
+"""Expressions on photos and videos with a trained model: find the faces, crop them to the
+training framing, predict, and write rows, annotated copies, explanations and video plots.
+
+One code path serves the `python -m fer.predict` command, the MLflow photo model
+(`fer.photo_model`) and the report's round-trip measurement: `predict_image` turns an image into
+`Faces` (boxes, 48x48 crops, class probabilities), and `face_rows` turns those into rows.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from fer import ARCHITECTURES, CLASS_NAMES, IMAGE_SIZE, FerError, cli
+from fer.faces import (CanvasParams, DetectorParams, box_iou, compose_canvas, crop_boxes, crop_faces, detect_faces,
+                       is_face_crop, to_gray)
+from fer.io import atomic_dir, save_figure
+from fer.models import ConvNet, build_model, load_model
+from fer.params import ModelParams
+from fer.training import predict_logits, select_device, to_input
+
+DEFAULT_MODEL = "models/cnn4/model.pt"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+CHECKPOINT_ARTIFACT = "model.pt"  # the photo model's copy of the checkpoint, under artifacts/
+NO_FACE = "no face found"
+ROW_FIELDS = ("file", "frame", "time_s", "face", "x", "y", "w", "h", *CLASS_NAMES, "top", "probability",
+              "margin", "note")
+MATCH_IOU = 0.4  # a detected box counts as a pasted face when it overlaps it at least this much
+EXPLAIN_METHODS = ("grad_cam", "gradient")
+
+
+class PredictError(FerError):
+    """A bad input file, video or model: the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Faces:
+    """The faces of one image: detected boxes (K, 4) x, y, w, h (the whole image for a face crop),
+    the crop squares they were cut from (K, 4), the 48x48 crops and the probabilities (K, 7)."""
+
+    boxes: np.ndarray
+    crop_boxes: np.ndarray
+    crops: np.ndarray
+    probabilities: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+# ---------------------------------------------------------------- models
+
+def params_from_state_dict(state: dict[str, torch.Tensor]) -> ModelParams:
+    """The architecture a state dict belongs to, read from its tensor shapes (dropout does not
+    matter for prediction), so weights exported without their params can be rebuilt."""
+    widths = tuple(int(state[f"features.{i}.0.weight"].shape[0]) for i in range(8)
+                   if f"features.{i}.0.weight" in state)
+    arch = next((name for name, channels in ARCHITECTURES.items() if channels == widths), None)
+    if arch is None:
+        raise PredictError(f"conv widths {widths} match none of the architectures {', '.join(ARCHITECTURES)}")
+    return ModelParams(arch=arch, batch_norm="features.0.1.running_mean" in state, dropout_conv=0.0,
+                       dropout_fc=0.0, fc_hidden=int(state["classifier.1.weight"].shape[0]))
+
+
+def _load_registered(uri: str, device: torch.device | str) -> ConvNet:
+    """A model from the MLflow store: the photo model's bundled checkpoint, or the tensor model's
+    weights rebuilt into the study's network (so that Grad-CAM finds its layers)."""
+    import mlflow
+    import mlflow.pytorch
+
+    from fer import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        checkpoint = local / "artifacts" / CHECKPOINT_ARTIFACT
+        if checkpoint.is_file():
+            return load_model(checkpoint, device)
+        state = {k: v.detach() for k, v in mlflow.pytorch.load_model(str(local), map_location="cpu").state_dict().items()}
+    except mlflow.exceptions.MlflowException as error:
+        raise PredictError(f"{uri}: {str(error.message).splitlines()[0]}") from None
+    model = build_model(params_from_state_dict(state))
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def load_predictor(spec: str, device: torch.device | str = "cpu") -> ConvNet:
+    """The model named by `spec`: a `model.pt` path, or an MLflow model URI (`models:/fer-cnn4/1`,
+    `models:/fer-cnn4@champion`, `runs:/<id>/model`). A checkpoint is loaded weights-only; a file
+    that is not one raises `fer.models.CheckpointError` naming it."""
+    if spec.startswith(MLFLOW_SCHEMES):
+        return _load_registered(spec, device)
+    return load_model(Path(spec), device)
+
+
+# ---------------------------------------------------------------- faces and rows
+
+def probabilities(model: ConvNet, crops: np.ndarray, device: torch.device) -> np.ndarray:
+    """Class probabilities (K, 7) of uint8 crops (K, 48, 48)."""
+    if len(crops) == 0:
+        return np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
+    return torch.softmax(predict_logits(model, crops, device), dim=1).numpy()
+
+
+def predict_image(model: ConvNet, image: np.ndarray, detector: DetectorParams, detect: bool = True,
+                  device: torch.device | str = "cpu") -> Faces:
+    """The faces of an OpenCV image (gray, BGR or BGRA). Without detection, or for a 48x48
+    grayscale image (already a face crop), the whole image is the one face."""
+    gray = to_gray(image)
+    if detect and not is_face_crop(image):
+        boxes = detect_faces(gray, detector)
+        squares, crops = crop_boxes(boxes, detector), crop_faces(gray, boxes, detector)
+    else:
+        boxes = squares = np.array([[0, 0, gray.shape[1], gray.shape[0]]], dtype=np.int64)
+        crops = cv2.resize(gray, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)[None]
+    return Faces(boxes, squares, crops, probabilities(model, crops, torch.device(device)))
+
+
+def face_rows(faces: Faces, **where: Any) -> list[dict[str, Any]]:
+    """One row per face (`where` names the image: file, frame, ...); one row saying so when the
+    image has no face. Fields: ROW_FIELDS."""
+    base = {field: None for field in ROW_FIELDS} | where
+    if len(faces) == 0:
+        return [base | {"note": NO_FACE}]
+    rows = []
+    for k, (box, probs) in enumerate(zip(faces.boxes, faces.probabilities)):
+        order = np.argsort(-probs)
+        rows.append(base | {"face": k, **dict(zip("xywh", map(int, box))),
+                            **{name: round(float(p), 6) for name, p in zip(CLASS_NAMES, probs)},
+                            "top": CLASS_NAMES[order[0]], "probability": round(float(probs[order[0]]), 6),
+                            "margin": round(float(probs[order[0]] - probs[order[1]]), 6)})
+    return rows
+
+
+def explain(model: ConvNet, faces: Faces) -> dict[str, np.ndarray]:
+    """Grad-CAM and gradient maps (K, 48, 48) of each face for its predicted class."""
+    from fer.saliency import attribution_maps
+
+    device = next(model.parameters()).device
+    x = to_input(torch.as_tensor(faces.crops), device).contiguous()
+    targets = torch.as_tensor(faces.probabilities.argmax(1), device=device)
+    return attribution_maps(model, x, targets, 0.0, 1, 1, methods=EXPLAIN_METHODS)
+
+
+# ---------------------------------------------------------------- drawing
+
+def annotate(image: np.ndarray, faces: Faces, cams: np.ndarray | None = None) -> np.ndarray:
+    """A BGR copy of `image` with each face's box and top-3 classes; with `cams` (K, 48, 48), each
+    face's Grad-CAM blended into the square it was cropped from."""
+    canvas = cv2.cvtColor(to_gray(image), cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[..., :3].copy()
+    height, width = canvas.shape[:2]
+    thickness = max(1, round(min(height, width) / 300))
+    font = max(0.35, min(height, width) / 900)
+    for k in range(len(faces)):
+        if cams is not None:
+            x, y, w, h = faces.crop_boxes[k]
+            heat = cams[k] / cams[k].max() if cams[k].max() > 0 else cams[k]
+            colour = cv2.applyColorMap(cv2.resize((heat * 255).astype(np.uint8), (w, h)), cv2.COLORMAP_JET)
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+            region = canvas[y0:y1, x0:x1]
+            canvas[y0:y1, x0:x1] = cv2.addWeighted(region, 0.6, colour[y0 - y:y1 - y, x0 - x:x1 - x], 0.4, 0)
+        x, y, w, h = faces.boxes[k]
+        cv2.rectangle(canvas, (int(x), int(y)), (int(x + w), int(y + h)), (0, 255, 0), thickness)
+        probs = faces.probabilities[k]
+        lines = [f"{CLASS_NAMES[c]} {probs[c]:.2f}" for c in np.argsort(-probs)[:3]]
+        line_height = int(22 * font / 0.6)
+        top = y - 4 - line_height * (len(lines) - 1) if y - line_height * len(lines) > 0 else y + h + line_height
+        for i, text in enumerate(lines):
+            origin = (int(x), int(top + i * line_height))
+            cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+            cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font,
+                        (0, 255, 255) if i == 0 else (255, 255, 255), thickness, cv2.LINE_AA)
+    return canvas
+
+
+# ---------------------------------------------------------------- files
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as OpenCV reads it (gray, BGR or BGRA), or PredictError naming the file."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise PredictError(f"{path}: cannot be read ({error.strerror})") from None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if len(data) else None
+    if image is None or image.size == 0:
+        raise PredictError(f"{path}: not a readable image (PNG, JPEG, BMP, TIFF, WebP, PGM/PPM)")
+    if image.dtype == np.uint16:
+        image = (image // 257).astype(np.uint8)
+    return image
+
+
+def collect_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Files to predict on: each file as given, and the images and videos under each folder
+    (recursively, sorted)."""
+    files: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file()
+                           and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+            if not found:
+                raise PredictError(f"{path}: folder holds no image or video file")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PredictError(f"{path}: no such file or folder")
+    return files
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    index: int
+    time_s: float
+    image: np.ndarray
+    faces: Faces
+
+
+def video_frames(model: ConvNet, path: Path, detector: DetectorParams, every: int, detect: bool = True,
+                 device: torch.device | str = "cpu") -> tuple[float, int, Iterator[Frame]]:
+    """The video's frame rate, its frame count (0 when the container does not say) and its
+    every `every`-th frame with its faces (the frames in between are skipped undecoded)."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise PredictError(f"{path}: cannot be opened as a video")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    count = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+
+    def frames() -> Iterator[Frame]:
+        try:
+            index = 0
+            while True:
+                ok, image = capture.read()
+                if not ok:
+                    break
+                yield Frame(index, index / fps, image, predict_image(model, image, detector, detect, device))
+                for _ in range(every - 1):
+                    if not capture.grab():
+                        return
+                index += every
+        finally:
+            capture.release()
+
+    return fps, count, frames()
+
+
+def _unique_stems(files: Sequence[Path]) -> list[str]:
+    """Output names for the inputs: the file stem, with a counter where two inputs share one."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in files:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        names.append(path.stem if count == 0 else f"{path.stem}_{count + 1}")
+    return names
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    try:
+        for frame in frames:
+            writer.write(frame)
+    finally:
+        writer.release()
+
+
+def _largest_face(faces: Faces) -> np.ndarray:
+    if len(faces) == 0:
+        return np.full(len(CLASS_NAMES), np.nan)
+    return faces.probabilities[int(np.argmax(faces.boxes[:, 2] * faces.boxes[:, 3]))]
+
+
+def predict_video_file(model: ConvNet, path: Path, name: str, out: Path, detector: DetectorParams, every: int,
+                       detect: bool, device: torch.device) -> list[dict[str, Any]]:
+    """Rows of every `every`-th frame, `<name>_annotated.avi` (those frames, at the speed of the
+    original) and `<name>_emotions.png` (the largest face's probabilities against time)."""
+    from tqdm import tqdm
+
+    from fer.predict_plots import emotion_timeline
+
+    fps, count, frames = video_frames(model, path, detector, every, detect, device)
+    rows, annotated, times, series = [], [], [], []
+    for frame in tqdm(frames, desc=path.name, unit="frame", total=-(-count // every) or None, leave=False,
+                      disable=None):
+        rows += face_rows(frame.faces, file=str(path), frame=frame.index, time_s=round(frame.time_s, 3))
+        annotated.append(annotate(frame.image, frame.faces))
+        times.append(frame.time_s)
+        series.append(_largest_face(frame.faces))
+    if not annotated:
+        raise PredictError(f"{path}: video has no readable frame")
+    _write_video(out / f"{name}_annotated.avi", annotated, fps / every)
+    save_figure(out / f"{name}_emotions.png", emotion_timeline(np.asarray(times), np.asarray(series), path.name))
+    return rows
+
+
+def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
+    """predictions.csv and predictions.jsonl (the caller's directory is written atomically)."""
+    with open(out / "predictions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(out / "predictions.jsonl", "w") as handle:
+        handle.writelines(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n" for row in rows)
+
+
+# ---------------------------------------------------------------- round trip on pasted faces
+
+@dataclasses.dataclass(frozen=True)
+class RoundTrip:
+    """Per pasted face: where it was pasted, whether a detected box matched it (IoU >= MATCH_IOU),
+    that IoU, the Pearson correlation of its crop with the original face (a model-free check of
+    the framing; NaN where undetected), its label, the prediction on the original 48x48 face and
+    through detection + crop (-1 where undetected) and on the crop of the exact pasted square (the
+    best a detector could do: what is left is the model's sensitivity to the rotation and the
+    resampling); per canvas, the detections that matched no pasted face."""
+
+    pasted: np.ndarray
+    detected: np.ndarray
+    iou: np.ndarray
+    correlation: np.ndarray
+    labels: np.ndarray
+    predicted_original: np.ndarray
+    predicted_crop: np.ndarray
+    predicted_pasted: np.ndarray
+    false_positives: np.ndarray
+
+
+def match_boxes(truth: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """For each true box: the index of the detected box overlapping it most, whether that IoU
+    reaches MATCH_IOU, and the IoU (0 when unmatched); plus the number of detections that match
+    no true box."""
+    if len(boxes) == 0:
+        return np.zeros(len(truth), dtype=np.int64), np.zeros(len(truth), dtype=bool), np.zeros(len(truth)), 0
+    overlap = box_iou(truth, boxes)
+    best = overlap.max(1)
+    hit = best >= MATCH_IOU
+    return overlap.argmax(1), hit, np.where(hit, best, 0.0), int((overlap.max(0) < MATCH_IOU).sum())
+
+
+def round_trip(model: ConvNet, images: np.ndarray, labels: np.ndarray, detector: DetectorParams,
+               canvas: CanvasParams, seed: int, device: torch.device | str = "cpu",
+               keep: int = 0) -> tuple[RoundTrip, list[tuple[np.ndarray, Faces]]]:
+    """Paste `images` (N, 48, 48) `canvas.faces` at a time onto synthetic photos (background tiles
+    from the same images), run `predict_image` on each, and match the detections to the pasted
+    squares. Returns the per-face result and the first `keep` canvases with their faces."""
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    pasted = np.zeros((n, 4), dtype=np.int64)
+    detected, iou, correlation = np.zeros(n, dtype=bool), np.zeros(n), np.full(n, np.nan)
+    predicted_crop = np.full(n, -1, dtype=np.int64)
+    pasted_crops = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    false_positives, kept = [], []
+    for start in range(0, n, canvas.faces):
+        rows = slice(start, min(start + canvas.faces, n))
+        photo, pasted[rows] = compose_canvas(images[rows], images, rng, canvas)
+        faces = predict_image(model, photo, detector, True, device)
+        pasted_crops[rows] = crop_faces(photo, pasted[rows], dataclasses.replace(detector, margin=1.0, shift=0.0))
+        best, detected[rows], iou[rows], extra = match_boxes(pasted[rows], faces.boxes)
+        for k in np.flatnonzero(detected[rows]):
+            predicted_crop[start + k] = faces.probabilities[best[k]].argmax()
+            correlation[start + k] = np.corrcoef(faces.crops[best[k]].ravel(), images[start + k].ravel())[0, 1]
+        false_positives.append(extra)
+        if len(kept) < keep:
+            kept.append((photo, faces))
+    predicted_original = probabilities(model, images, torch.device(device)).argmax(1)
+    predicted_pasted = probabilities(model, pasted_crops, torch.device(device)).argmax(1)
+    return RoundTrip(pasted, detected, iou, correlation, np.asarray(labels), predicted_original, predicted_crop,
+                     predicted_pasted, np.asarray(false_positives)), kept
+
+
+def round_trip_summary(result: RoundTrip) -> dict[str, float]:
+    """The headline numbers: detection rate, box IoU of the detected faces, agreement of the crop's
+    prediction with the original face's, accuracies against the labels."""
+    hit = result.detected
+    n_hit = int(hit.sum())
+
+    def share(mask: np.ndarray) -> float:
+        return float(mask.mean()) if len(mask) else float("nan")
+
+    return {"faces": len(hit), "canvases": len(result.false_positives), "detected": n_hit,
+            "detection_rate": share(hit),
+            "iou_median": float(np.median(result.iou[hit])) if n_hit else float("nan"),
+            "iou_mean": float(result.iou[hit].mean()) if n_hit else float("nan"),
+            "crop_correlation_median": float(np.nanmedian(result.correlation[hit])) if n_hit else float("nan"),
+            "agreement": share(result.predicted_crop[hit] == result.predicted_original[hit]),
+            "agreement_pasted_square": share(result.predicted_pasted[hit] == result.predicted_original[hit]),
+            "accuracy_crop_detected": share(result.predicted_crop[hit] == result.labels[hit]),
+            "accuracy_original_detected": share(result.predicted_original[hit] == result.labels[hit]),
+            "accuracy_original_all": share(result.predicted_original == result.labels),
+            "false_positives_per_canvas": float(result.false_positives.mean()) if len(result.false_positives) else 0.0}
+
+
+# ---------------------------------------------------------------- command line
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace a folder that is not an earlier prediction output."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "predictions.csv").is_file())):
+        raise PredictError(f"{out}: exists and is not a prediction output folder; choose another --out")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="fer-predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Predict facial expressions on photos, folders of photos and videos with a trained model. "
+                    "Writes predictions.csv and predictions.jsonl (one row per face, or one row saying an image "
+                    "has no face), an annotated copy of each image, and for each video an annotated video and "
+                    "an emotion-over-time plot. The output folder is replaced as a whole, only on success.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively), "
+                        f"video files ({', '.join(VIDEO_SUFFIXES)})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="a model.pt checkpoint, or an MLflow model URI "
+                        "such as models:/fer-cnn4/1, models:/fer-cnn4@champion or models:/fer-cnn4-photo/1")
+    parser.add_argument("--out", default="predictions", help="output folder")
+    parser.add_argument("--no-detect", action="store_true", help="each image is one face already cropped (48x48 "
+                        "grayscale images are taken as crops anyway)")
+    parser.add_argument("--explain", action="store_true", help="also write each face's Grad-CAM and gradient "
+                        "map for its predicted class (explain/<image>.png)")
+    parser.add_argument("--every", type=int, default=10, help="videos: predict on every N-th frame")
+    args = parser.parse_args(argv)
+    if args.every < 1:
+        parser.error("--every must be at least 1")
+    from tqdm import tqdm
+
+    from fer.plots import saliency_figure
+
+    files = collect_inputs(args.inputs)
+    out = Path(args.out)
+    _check_out(out)
+    device = select_device()
+    model = load_predictor(args.model, device)
+    detector, detect = DetectorParams(), not args.no_detect
+    rows: list[dict[str, Any]] = []
+    with atomic_dir(out) as tmp:
+        for path, name in tqdm(list(zip(files, _unique_stems(files))), desc="inputs", unit="file", disable=None):
+            if is_video(path):
+                rows += predict_video_file(model, path, name, tmp, detector, args.every, detect, device)
+                continue
+            image = read_image(path)
+            faces = predict_image(model, image, detector, detect, device)
+            rows += face_rows(faces, file=str(path))
+            maps = explain(model, faces) if args.explain and len(faces) else None
+            (tmp / "annotated").mkdir(exist_ok=True)
+            cv2.imwrite(str(tmp / "annotated" / f"{name}.png"),
+                        annotate(image, faces, maps["grad_cam"] if maps else None))
+            if maps:
+                captions = [f"face {k}: {r['top']} {r['probability']:.2f}"
+                            for k, r in enumerate(face_rows(faces))]
+                save_figure(tmp / "explain" / f"{name}.png",
+                            saliency_figure(faces.crops, maps, captions, f"{path.name}: predicted class"))
+        write_rows(tmp, rows)
+    n_faces = sum(r["face"] is not None for r in rows)
+    print(f"{len(files)} input(s), {n_faces} face(s), {sum(r['note'] == NO_FACE for r in rows)} image(s) or "
+          f"frame(s) without a face; wrote {out}/predictions.csv", file=sys.stderr)
+
+
+def cli_main() -> None:
+    """Console-script entry point (`fer-predict`)."""
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    cli_main()
