@@ -29,7 +29,7 @@ import fer
 from fer import CLASS_NAMES, FerError
 from fer.faces import DetectorParams
 from fer.models import ConvNet, load_model
-from fer.predict import CHECKPOINT_ARTIFACT, face_rows, predict_image
+from fer.predict import CHECKPOINT_ARTIFACT, decode_image_bytes, face_rows, predict_image
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ("image", "face", "x", "y", "w", "h", *CLASS_NAMES, "top", "probability", "margin")
@@ -48,10 +48,7 @@ def decode_image(encoded: Any, index: int) -> np.ndarray:
         data = encoded if isinstance(encoded, bytes) else base64.b64decode(str(encoded), validate=True)
     except (binascii.Error, ValueError):
         raise BadPhoto(f"image {index}: not base64 text") from None
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if image is None:
-        raise BadPhoto(f"image {index}: not a PNG or JPEG image")
-    return image
+    return decode_image_bytes(data, f"image {index}", BadPhoto)
 
 
 def encode_image(image: np.ndarray, extension: str = ".png") -> str:

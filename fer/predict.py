@@ -80,7 +80,10 @@ def _load_registered(uri: str, device: torch.device | str) -> ConvNet:
 
     from fer import tracking
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    db = tracking.sqlite_path(tracking.tracking_uri())
+    if db is not None and not db.is_file():  # MLflow would create an empty store there
+        raise PredictError(f"{uri}: no MLflow store at {db} (run from the project root or set MLFLOW_TRACKING_URI)")
+    tracking.connect()  # bounded waits; an unreachable server is one line
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
         checkpoint = local / "artifacts" / CHECKPOINT_ARTIFACT
@@ -185,18 +188,27 @@ def annotate(image: np.ndarray, faces: Faces, cams: np.ndarray | None = None) ->
 
 # ---------------------------------------------------------------- files
 
+def decode_image_bytes(data: bytes | np.ndarray, name: str, error: type[FerError] = PredictError) -> np.ndarray:
+    """Encoded image bytes as an 8-bit OpenCV image (gray, BGR or BGRA), or `error` naming
+    `name`: what the command and the photo model both read, so both accept the same images."""
+    buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if len(buffer) else None
+    if image is None or image.size == 0:
+        raise error(f"{name}: not a readable image (PNG, JPEG, BMP, TIFF, WebP, PGM/PPM)")
+    if image.dtype == np.uint16:
+        return (image // 257).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise error(f"{name}: {image.dtype} pixels; expected an 8- or 16-bit image")
+    return image
+
+
 def read_image(path: Path) -> np.ndarray:
-    """An image file as OpenCV reads it (gray, BGR or BGRA), or PredictError naming the file."""
+    """An image file as an 8-bit OpenCV image, or PredictError naming the file."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
         raise PredictError(f"{path}: cannot be read ({error.strerror})") from None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if len(data) else None
-    if image is None or image.size == 0:
-        raise PredictError(f"{path}: not a readable image (PNG, JPEG, BMP, TIFF, WebP, PGM/PPM)")
-    if image.dtype == np.uint16:
-        image = (image // 257).astype(np.uint8)
-    return image
+    return decode_image_bytes(data, str(path))
 
 
 def collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -269,14 +281,24 @@ def _unique_stems(files: Sequence[Path]) -> list[str]:
     return names
 
 
-def _write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
-    try:
-        for frame in frames:
-            writer.write(frame)
-    finally:
-        writer.release()
+class _VideoWriter:
+    """An MJPG .avi opened on its first frame (which fixes the size), written frame by frame so
+    that a long video never sits in memory."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.fps, self.writer = path, fps, None
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.writer is None:
+            height, width = frame.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"MJPG"), self.fps, (width, height))
+            if not self.writer.isOpened():
+                raise PredictError(f"{self.path}: cannot write a video here")
+        self.writer.write(frame)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
 
 
 def _largest_face(faces: Faces) -> np.ndarray:
@@ -294,16 +316,19 @@ def predict_video_file(model: ConvNet, path: Path, name: str, out: Path, detecto
     from fer.predict_plots import emotion_timeline
 
     fps, count, frames = video_frames(model, path, detector, every, detect, device)
-    rows, annotated, times, series = [], [], [], []
-    for frame in tqdm(frames, desc=path.name, unit="frame", total=-(-count // every) or None, leave=False,
-                      disable=None):
-        rows += face_rows(frame.faces, file=str(path), frame=frame.index, time_s=round(frame.time_s, 3))
-        annotated.append(annotate(frame.image, frame.faces))
-        times.append(frame.time_s)
-        series.append(_largest_face(frame.faces))
-    if not annotated:
+    rows, times, series = [], [], []
+    video = _VideoWriter(out / f"{name}_annotated.avi", fps / every)
+    try:
+        for frame in tqdm(frames, desc=path.name, unit="frame", total=-(-count // every) or None, leave=False,
+                          disable=None):
+            rows += face_rows(frame.faces, file=str(path), frame=frame.index, time_s=round(frame.time_s, 3))
+            video.write(annotate(frame.image, frame.faces))
+            times.append(frame.time_s)
+            series.append(_largest_face(frame.faces))
+    finally:
+        video.close()
+    if not times:
         raise PredictError(f"{path}: video has no readable frame")
-    _write_video(out / f"{name}_annotated.avi", annotated, fps / every)
     save_figure(out / f"{name}_emotions.png", emotion_timeline(np.asarray(times), np.asarray(series), path.name))
     return rows
 
@@ -454,8 +479,9 @@ def main(argv: list[str] | None = None) -> None:
             rows += face_rows(faces, file=str(path))
             maps = explain(model, faces) if args.explain and len(faces) else None
             (tmp / "annotated").mkdir(exist_ok=True)
-            cv2.imwrite(str(tmp / "annotated" / f"{name}.png"),
-                        annotate(image, faces, maps["grad_cam"] if maps else None))
+            if not cv2.imwrite(str(tmp / "annotated" / f"{name}.png"),
+                               annotate(image, faces, maps["grad_cam"] if maps else None)):
+                raise PredictError(f"{tmp / 'annotated'}: cannot write {name}.png")
             if maps:
                 captions = [f"face {k}: {r['top']} {r['probability']:.2f}"
                             for k, r in enumerate(face_rows(faces))]

@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import importlib
 import logging
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -97,6 +99,12 @@ def check_reachable(uri: str | None = None, timeout: float = HEALTH_TIMEOUT_S) -
                                   "(make mlflow-server) or unset MLFLOW_TRACKING_URI to use the local store") from None
 
 
+def preload() -> None:
+    """Start importing mlflow (about 2 s) in the background, so that a stage whose first part does
+    not track (reading a data file, say) overlaps the two."""
+    threading.Thread(target=importlib.import_module, args=("mlflow",), daemon=True).start()
+
+
 def connect() -> str:
     """Point mlflow at the store (bounded waits for a server, WAL for SQLite); return the URI.
     Fails in seconds, with one line naming the URI, when a server does not answer."""
@@ -140,14 +148,14 @@ def _is_locked(error: BaseException) -> bool:
 
 def retry_locked(call: Callable[[], Any]) -> Any:
     """Run a store write, retrying a bounded number of times on SQLite's "database is locked"."""
-    for attempt in range(LOCKED_RETRIES):
+    for attempt in range(LOCKED_RETRIES - 1):
         try:
             return call()
         except Exception as error:  # noqa: BLE001 - MlflowException or sqlalchemy's OperationalError
-            if not _is_locked(error) or attempt == LOCKED_RETRIES - 1:
+            if not _is_locked(error):
                 raise
             time.sleep(0.2 * 2 ** attempt)
-    return None
+    return call()  # the last try: whatever it raises reaches the caller
 
 
 @contextlib.contextmanager
@@ -174,9 +182,16 @@ def git_commit(root: Path) -> str:
 def _experiment_id(name: str, uri: str) -> str:
     import mlflow
 
+    from mlflow.exceptions import MlflowException
+
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        return retry_locked(lambda: mlflow.create_experiment(name, artifact_location=artifact_location(uri)))
+        try:
+            return retry_locked(lambda: mlflow.create_experiment(name, artifact_location=artifact_location(uri)))
+        except MlflowException as error:  # another stage or experiment created it meanwhile
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = mlflow.get_experiment_by_name(name)
     location = experiment.artifact_location or ""
     if is_server(uri) and (location.startswith("file:") or location.startswith("/")):
         raise TrackingError(
@@ -195,12 +210,12 @@ def _existing_run(run_id: str | None, run_name: str, uri: str) -> str | None:
     from mlflow.tracking import MlflowClient
 
     try:
-        MlflowClient(uri).get_run(run_id)
-        return run_id
+        if MlflowClient(uri).get_run(run_id).info.lifecycle_stage != "deleted":
+            return run_id
     except MlflowException as error:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-    log.warning("MLflow run %s of %s is not in %s; logging into a new run", run_id, run_name, uri)
+    log.warning("MLflow run %s of %s is not in %s (or was deleted); logging into a new run", run_id, run_name, uri)
     return None
 
 
@@ -342,6 +357,7 @@ class EpochLog:
         self.pending: list[Any] = list(records)
         self._verify = True  # read the store's steps before the next send
         self._warned = False
+        self.last_error = ""
         self.flush()
 
     def __call__(self, record: Any) -> None:
@@ -375,12 +391,23 @@ class EpochLog:
                 self.pending.pop(0)
         except Exception as error:  # noqa: BLE001 - any failure to reach the store is an outage here
             self._verify = True  # a send may have landed before its answer was lost
+            self.last_error = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             if not self._warned:
                 log.warning("tracking store %s unreachable (%s); keeping epoch metrics to send later",
-                            self.uri, str(error).splitlines()[0][:160])
+                            self.uri, self.last_error)
                 self._warned = True
             return False
         if self._warned:
             log.info("tracking store %s answers again; sent the kept epoch metrics", self.uri)
             self._warned = False
         return True
+
+    def send_all(self) -> None:
+        """Send what is pending, or raise: TrackingUnavailable when the server does not answer,
+        else TrackingError naming the last failure (a record is never dropped silently)."""
+        if self.flush():
+            return
+        check_reachable(self.uri)
+        if not self.flush():
+            raise TrackingError(f"{len(self.pending)} epoch record(s) could not be sent to {self.uri} "
+                                f"({self.last_error})")

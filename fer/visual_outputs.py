@@ -33,9 +33,8 @@ CONFUSION_CELLS, CELL_EXAMPLES = 2, 3
 
 def sanity_headline(sanity: dict) -> dict[str, dict[str, float]]:
     """Per saliency method (and the random-order baseline), the numbers compared across runs."""
-    methods = {m: {k: v[k] for k in HEADLINE_SANITY if k in v} for m, v in sanity.items()
-               if isinstance(v, dict) and "deletion_auc" in v and m != "random_map"}
-    return methods
+    return {m: {k: v[k] for k in HEADLINE_SANITY if k in v} for m, v in sanity.items()
+            if isinstance(v, dict) and "deletion_auc" in v}
 
 
 def saliency_outputs(name: str, models_dir: Path, val: Split, params: VisualizeParams, out: Path) -> dict:

@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_section(PrepareParams, "prepare", args.params)
     experiment = load_section(TrackingParams, "tracking", args.params).experiment
     tracking.check_reachable()
+    tracking.preload()  # overlaps reading the data
     splits, report = prepare(params, Path(args.params).resolve().parent)
     counts = class_counts(splits)
     with atomic_dir(args.out) as tmp:

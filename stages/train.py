@@ -51,23 +51,22 @@ def main(argv: list[str] | None = None) -> None:
     write_outputs(out, model, params, result, run_id, experiment, args.model)
     unsent = checkpoint.with_suffix(".unsent.json")
     try:
-        if not epoch_log.flush():
-            tracking.check_reachable()  # the server is down: say so in one line
+        epoch_log.send_all()
         with tracking.model_run(experiment, args.model, run_id):
             tracking.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
             for name in ("history.csv", "layers.json", "layers.md"):
                 tracking.log_artifact(out / name, "training")
             example = np.random.default_rng(0).random((2, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
             tracking.log_torch_model(model, params.registered_model, example)
-    except tracking.TrackingUnavailable as error:
-        # Outputs are written; the resume state stays, so a rerun sends the rest without training.
+    except tracking.TrackingError as error:
+        # The outputs are written and the resume state keeps every epoch, so a rerun sends what is
+        # missing without training again; the unsent records are listed for the reader.
         write_json(unsent, {"tracking_uri": tracking.tracking_uri(), "run_id": run_id,
-                            "unsent_epochs": [dataclasses.asdict(r) for r in epoch_log.pending],
-                            "final_logging_done": False})
-        raise tracking.TrackingUnavailable(
-            f"{error}. {len(epoch_log.pending)} epoch record(s) and the final logging of run {run_id} "
-            f"are kept ({unsent}); rerun `dvc repro train_{args.model}` when the server answers to send "
-            "them (training is not repeated)") from None
+                            "unsent_epochs": [dataclasses.asdict(r) for r in epoch_log.pending]})
+        raise type(error)(
+            f"{error}. Outputs are written; {len(epoch_log.pending)} epoch record(s) (listed in {unsent}) and the "
+            f"final logging of run {run_id} are not sent; rerun `dvc repro train_{args.model}` when the store "
+            f"answers to send them from {checkpoint} (training is not repeated)") from None
     checkpoint.unlink(missing_ok=True)
     unsent.unlink(missing_ok=True)
     print(f"{args.model}: best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch}; wrote {out}")

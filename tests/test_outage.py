@@ -3,12 +3,14 @@
 result is one complete run, identical to an uninterrupted one. No traceback anywhere."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,14 +82,25 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project
 
 
-def test_training_rides_out_a_server_outage(mlflow_server, tmp_path: Path, reference: Path) -> None:
-    project = make_tiny_project(tmp_path / "project", outage_params("outage"))
-    env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
+@contextlib.contextmanager
+def training_until_epoch_2(server, project: Path) -> Iterator[subprocess.Popen]:
+    """Prepare, start training against `server`, yield the training process once the resume
+    state holds 2 epochs; the process is killed on the way out if it still runs."""
+    env = {"MLFLOW_TRACKING_URI": server.url}
     run([sys.executable, "-m", "stages.prepare"], project, env=env)
-    checkpoint = project / "checkpoints" / "cnn4.pt"
     training = start_training(project, env)
     try:
-        wait_until(lambda: epochs_saved(checkpoint) >= 2, "epoch 2", training)
+        wait_until(lambda: epochs_saved(project / "checkpoints" / "cnn4.pt") >= 2, "epoch 2", training)
+        yield training
+    finally:
+        if training.poll() is None:
+            training.kill()
+
+
+def test_training_rides_out_a_server_outage(mlflow_server, tmp_path: Path, reference: Path) -> None:
+    project = make_tiny_project(tmp_path / "project", outage_params("outage"))
+    checkpoint = project / "checkpoints" / "cnn4.pt"
+    with training_until_epoch_2(mlflow_server, project) as training:
         mlflow_server.kill()
         # Epoch 3's metrics were offered to a dead server before epoch 4 was saved.
         wait_until(lambda: epochs_saved(checkpoint) >= 4, "epoch 4", training)
@@ -95,9 +108,6 @@ def test_training_rides_out_a_server_outage(mlflow_server, tmp_path: Path, refer
         mlflow_server.start()  # same store, same port
         training.send_signal(signal.SIGCONT)
         stdout, stderr = training.communicate(timeout=600)
-    finally:
-        if training.poll() is None:
-            training.kill()
     assert training.returncode == 0, stderr
     assert "Traceback" not in stdout + stderr
     assert "unreachable" in stderr and "answers again" in stderr
@@ -111,16 +121,10 @@ def test_server_still_down_at_the_end_then_resent_by_a_rerun(mlflow_server, tmp_
                                                               reference: Path) -> None:
     project = make_tiny_project(tmp_path / "project", outage_params("late"))
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
-    run([sys.executable, "-m", "stages.prepare"], project, env=env)
     checkpoint = project / "checkpoints" / "cnn4.pt"
-    training = start_training(project, env)
-    try:
-        wait_until(lambda: epochs_saved(checkpoint) >= 2, "epoch 2", training)
+    with training_until_epoch_2(mlflow_server, project) as training:
         mlflow_server.kill()
         stdout, stderr = training.communicate(timeout=600)
-    finally:
-        if training.poll() is None:
-            training.kill()
     assert training.returncode == 1
     assert "Traceback" not in stdout + stderr
     last = stderr.strip().splitlines()[-1]
