@@ -38,8 +38,10 @@ plots-page: $(STAMP)  ## install the pinned Vega scripts (npm) so `dvc plots sho
 run: setup  ## run the pipeline (dvc repro) on the data selected in params.yaml
 	dvc repro
 
+# Two pytest workers (a test file stays on one), each with one compute thread: PyTorch thread
+# pools sized for the whole machine would otherwise wait on each other.
 test: setup  ## run the test suite (what CI runs)
-	python -m pytest
+	OMP_NUM_THREADS=1 python -m pytest -n 2 --dist loadfile
 
 clean-mlflow:  ## delete the local MLflow store (runs, artifacts, registered models)
 	rm -rf mlflow.db mlflow.db-wal mlflow.db-shm mlartifacts
