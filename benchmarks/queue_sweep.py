@@ -24,16 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import make_tiny_project, tiny_params, write_params  # noqa: E402
+from tests.conftest import env_with_venv, make_tiny_project, tiny_params, write_params  # noqa: E402
 
 EXPERIMENTS = 4
 
 
 def sh(cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE")}
-    env.update(extra_env or {})
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, env=env_with_venv() | (extra_env or {}), capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
     return result.stdout

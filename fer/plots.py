@@ -74,15 +74,20 @@ def history_figure(history: Sequence[dict], best_epoch: int, title: str) -> Figu
     return fig
 
 
-def image_gallery(images: np.ndarray, captions: Sequence[str], title: str, columns: int = 6) -> Figure:
-    """A grid of grayscale images with a caption under each."""
+def image_gallery(images: Sequence[np.ndarray], captions: Sequence[str], title: str, columns: int = 6,
+                  cell_inches: tuple[float, float] = (1.7, 2.0), fontsize: int = 7) -> Figure:
+    """A grid of images with a caption under each: grayscale, or colour in OpenCV's BGR order
+    (as `fer.predict.annotate` draws photos)."""
     rows = max(1, int(np.ceil(len(images) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.7, rows * 2.0), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell_inches[0], rows * cell_inches[1]), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.dtype == np.uint8 else None)
-        ax.set_title(caption, fontsize=7)
+        if image.ndim == 3:
+            ax.imshow(image[..., ::-1])
+        else:
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.dtype == np.uint8 else None)
+        ax.set_title(caption, fontsize=fontsize)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

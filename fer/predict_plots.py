@@ -1,8 +1,6 @@
 """The figures of predictions on photos and videos (Agg backend): arrays in, matplotlib figures out."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -22,19 +20,5 @@ def emotion_timeline(times: np.ndarray, probabilities: np.ndarray, title: str) -
     ax.set(xlabel="time (s)", ylabel="probability (largest face)", ylim=(0, 1), title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def photo_gallery(images: Sequence[np.ndarray], captions: Sequence[str], title: str, columns: int = 2) -> Figure:
-    """Annotated BGR photos (as OpenCV draws them) in a grid, with a caption under each."""
-    rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 5.2, rows * 4.2), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, caption in zip(axes.flat, images, captions):
-        ax.imshow(image[..., ::-1])
-        ax.set_title(caption, fontsize=8)
-    fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -164,9 +164,8 @@ def real_photos(name: str, model_path: Path, test: Split, out: Path, faces: int 
     from fer.evaluation import confusion
     from fer.faces import CanvasParams, DetectorParams
     from fer.models import load_model
-    from fer.plots import confusion_figure
+    from fer.plots import confusion_figure, image_gallery
     from fer.predict import annotate, explain, round_trip, round_trip_summary
-    from fer.predict_plots import photo_gallery
 
     model = load_model(model_path)
     labelled = np.flatnonzero(test.labels >= 0)[:faces]
@@ -177,7 +176,8 @@ def real_photos(name: str, model_path: Path, test: Split, out: Path, faces: int 
                  for photo, found in kept]
     captions = [f"photo {i + 1}: {len(found)} face(s) found of {canvas.faces}" for i, (_, found) in enumerate(kept)]
     save_figure(out / "real_photos_gallery.png",
-                photo_gallery(annotated, captions, "Pasted test faces found again; Grad-CAM of the predicted class"))
+                image_gallery(annotated, captions, "Pasted test faces found again; Grad-CAM of the predicted class",
+                              columns=2, cell_inches=(5.2, 4.2), fontsize=8))
     hit = result.detected
     matrix = None
     if hit.any():  # images that are not faces can leave nothing to tabulate
