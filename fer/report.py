@@ -190,6 +190,15 @@ def real_photos(name: str, model_path: Path, test: Split, out: Path, faces: int 
     return summary | {"gallery": out / "real_photos_gallery.png", "confusion": matrix}
 
 
+def _views_phrase(detector: dict[str, Any]) -> str:
+    """How the predictions were made from each crop, for the report's prose."""
+    views = ([f"shifted by {detector['tta_shift']} px"] if detector["tta_shift"] else []) + (
+        ["mirrored"] if detector["tta_flip"] else [])
+    if not views:
+        return " on the crop alone"
+    return f", averaging the crop's test-time views ({', '.join(views)}; the original faces' too)"
+
+
 def _real_photos_markdown(photos: dict[str, Any] | None, report_dir: Path) -> str:
     if photos is None:
         return ("Skipped: the data are the synthetic faces, which say nothing about real photos. With FER2013 as "
@@ -202,7 +211,7 @@ def _real_photos_markdown(photos: dict[str, Any] | None, report_dir: Path) -> st
         f"{c['width']}x{c['height']} photo onto other test faces tiled and blurred, then found and cropped by the "
         f"code path of `python -m fer.predict` (Haar cascades {' + '.join(d['cascades'])}, minNeighbors "
         f"{d['min_neighbors']}, crop {d['margin']:g} x the box, shifted {d['shift']:+g} of it) and classified by "
-        f"**{photos['model']}**. Agreement: the class predicted through detection + crop equals the class predicted "
+        f"**{photos['model']}**{_views_phrase(d)}. Agreement: the class predicted through detection + crop equals the class predicted "
         "on the original 48x48 face; the crop of the exact pasted square shows the best a detector could do "
         "(the rest is the model's sensitivity to rotation and resampling). The measurement on all PrivateTest "
         "faces is in `docs/predict.md`.", "",

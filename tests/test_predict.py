@@ -19,8 +19,8 @@ from fer.data.synthetic import generate_split
 from fer.faces import CanvasParams, DetectorParams, box_iou, compose_canvas, crop_faces, detect_faces, is_face_crop
 from fer.models import build_model, save_checkpoint
 from fer.params import ModelParams
-from fer.predict import (NO_FACE, ROW_FIELDS, load_predictor, main, params_from_state_dict, predict_image,
-                         probabilities, round_trip, round_trip_summary)
+from fer.predict import (NO_FACE, ROW_FIELDS, face_probabilities, load_predictor, main, params_from_state_dict,
+                         predict_image, probabilities, round_trip, round_trip_summary)
 from tests.conftest import FER2013, ROOT
 
 PARAMS = ModelParams(arch="cnn4", batch_norm=True, dropout_conv=0.0, dropout_fc=0.3, fc_hidden=32)
@@ -46,7 +46,7 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 def test_face_crops_skip_detection(tmp_path: Path, checkpoint: Path) -> None:
     """48x48 grayscale images are crops: predicted as they are, with or without --no-detect, and
-    their probabilities are the model's on the arrays."""
+    their probabilities are the model's on the arrays (averaged over the views unless --no-tta)."""
     faces = generate_split(7, seed=1).images
     folder = tmp_path / "crops"
     folder.mkdir()
@@ -56,9 +56,14 @@ def test_face_crops_skip_detection(tmp_path: Path, checkpoint: Path) -> None:
     _predict([str(folder), "--model", str(checkpoint), "--out", str(tmp_path / "forced"), "--no-detect"])
     auto, forced = _rows(tmp_path / "auto"), _rows(tmp_path / "forced")
     assert auto == forced and len(auto) == len(faces)
-    expected = probabilities(load_predictor(str(checkpoint)), faces, torch.device("cpu"))
+    model = load_predictor(str(checkpoint))
+    expected = face_probabilities(model, faces, DetectorParams())
     got = np.array([[float(r[c]) for c in CLASS_NAMES] for r in auto])
     np.testing.assert_allclose(got, expected, atol=2e-6)
+    _predict([str(folder), "--model", str(checkpoint), "--out", str(tmp_path / "plain"), "--no-tta"])
+    plain = np.array([[float(r[c]) for c in CLASS_NAMES] for r in _rows(tmp_path / "plain")])
+    np.testing.assert_allclose(plain, probabilities(model, faces, torch.device("cpu")), atol=2e-6)
+    assert np.abs(plain - got).max() > 1e-4  # the views are averaged by default (an untrained net: small)
     assert all((r["x"], r["y"], r["w"], r["h"]) == ("0", "0", "48", "48") for r in auto)
     assert [r["top"] for r in auto] == [CLASS_NAMES[i] for i in expected.argmax(1)]
     lines = [json.loads(line) for line in (tmp_path / "auto" / "predictions.jsonl").read_text().splitlines()]
