@@ -7,8 +7,9 @@ through `fer.predict.predict_image`, the code path of the `predict` command and 
 
 1. detector (PublicTest, --tune-faces faces): for each candidate of CANDIDATES, the detection
    rate, the box IoU against the pasted square, the detections matching no face per photo and
-   the CPU time per photo (the tuning phases predict on each crop alone). Chosen: the highest
-   detection rate with at most MAX_FALSE_POSITIVES per photo.
+   the CPU time per photo (the tuning phases need the boxes, so they predict on each crop alone:
+   a tenth of `predict`'s ten views). Chosen: the highest detection rate with at most
+   MAX_FALSE_POSITIVES per photo.
 2. framing (PublicTest, --framing-faces faces), detected once with the chosen detector: for each
    crop margin and shift of the grid, the mean IoU of the crop square with the pasted square,
    the crop's correlation with the original face, and the agreement of the single-view
@@ -68,18 +69,12 @@ def machine() -> str:
             f"({torch.get_num_threads()} threads), OpenCV {cv2.__version__}; load average {load}")
 
 
-def single_view(detector: DetectorParams) -> DetectorParams:
-    """The same detection and crop, predicting on the crop alone: the tuning phases need the
-    boxes, and one view costs a tenth of `predict`'s ten."""
-    return dataclasses.replace(detector, tta_flip=False, tta_shift=0)
-
-
 def detector_phase(model, images, labels, out) -> DetectorParams:
     print(f"1. detector on {len(images)} PublicTest faces")
     best, best_rate = None, -1.0
     for candidate in CANDIDATES:
         started = time.process_time()
-        result, _ = round_trip(model, images, labels, single_view(candidate), CanvasParams(), SEED)
+        result, _ = round_trip(model, images, labels, candidate.single_view(), CanvasParams(), SEED)
         cpu_ms = (time.process_time() - started) / len(result.false_positives) * 1000
         s = round_trip_summary(result)
         row = {"phase": "detector", "split": "PublicTest", **dataclasses.asdict(candidate), **s,
@@ -96,7 +91,7 @@ def detector_phase(model, images, labels, out) -> DetectorParams:
 
 
 def framing_phase(model, images, detector, out) -> DetectorParams:
-    result, photos = round_trip(model, images, np.zeros(len(images), dtype=np.int64), single_view(detector),
+    result, photos = round_trip(model, images, np.zeros(len(images), dtype=np.int64), detector.single_view(),
                                 CanvasParams(), SEED, keep=len(images))
     original, cpu = result.predicted_original, torch.device("cpu")
     faces_per = CanvasParams().faces
@@ -105,14 +100,14 @@ def framing_phase(model, images, detector, out) -> DetectorParams:
         rows = slice(p * faces_per, min((p + 1) * faces_per, len(images)))
         best, hit, _, _ = match_boxes(result.pasted[rows], faces.boxes)
         matched += [(p, faces.boxes[best[k]], rows.start + k) for k in np.flatnonzero(hit)]
-    index = np.array([i for _, _, i in matched])
+    boxes, index = np.array([box for _, box, _ in matched]), np.array([i for _, _, i in matched])
     print(f"2. framing on the {len(matched)} detected PublicTest faces")
     best, best_iou = detector, -1.0
     for margin in MARGINS:
         for shift in SHIFTS:
             params = dataclasses.replace(detector, margin=margin, shift=shift)
             crops = np.concatenate([crop_faces(photos[p][0], box[None], params) for p, box, _ in matched])
-            squares = crop_boxes(np.array([box for _, box, _ in matched]), params)
+            squares = crop_boxes(boxes, params)
             iou = float(np.mean([box_iou(square, result.pasted[i])[0, 0] for square, i in zip(squares, index)]))
             agreement = float((probabilities(model, crops, cpu).argmax(1) == original[index]).mean())
             correlation = float(np.nanmedian([np.corrcoef(c.ravel(), images[i].ravel())[0, 1]
@@ -157,7 +152,7 @@ def main() -> None:
             detector = detector_phase(model, splits["val"].images[tune], splits["val"].labels[tune], tuning)
             detector = framing_phase(model, splits["val"].images[framing], detector, tuning)
     if args.single_view:
-        detector = single_view(detector)
+        detector = detector.single_view()
     print(f"   chosen: {detector}" if not args.skip_tuning else f"   library defaults: {detector}")
     result, _ = round_trip(model, splits["test"].images[test], splits["test"].labels[test], detector,
                            CanvasParams(), SEED)

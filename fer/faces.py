@@ -76,6 +76,10 @@ class DetectorParams:
                 or not 0 <= self.tta_shift <= 8):
             raise FerError(f"face detector: invalid settings {self}")
 
+    def single_view(self) -> DetectorParams:
+        """The same detection and crop, predicting on the crop alone (`predict --no-tta`)."""
+        return dataclasses.replace(self, tta_flip=False, tta_shift=0)
+
 
 @functools.lru_cache(maxsize=None)
 def cascade(name: str) -> cv2.CascadeClassifier:

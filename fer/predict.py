@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     model = load_predictor(args.model, device)
     detector, detect = DetectorParams(), not args.no_detect
     if args.no_tta:
-        detector = dataclasses.replace(detector, tta_flip=False, tta_shift=0)
+        detector = detector.single_view()
     rows: list[dict[str, Any]] = []
     with atomic_dir(out) as tmp:
         for path, name in tqdm(list(zip(files, _unique_stems(files))), desc="inputs", unit="file", disable=None):
