@@ -115,7 +115,7 @@ def test_queued_sweep_and_experiments_from_two_machines(team: dict) -> None:
     for lr in QUEUED_LRS:
         run(["dvc", "exp", "run", "--queue", "-S", f"train_cnn3.lr={lr}"], machine_a, env=env)
     run(["dvc", "queue", "start", "-j", "2"], machine_a, env=env | {"OMP_NUM_THREADS": "1"})
-    wait_for_queue(machine_a, timeout_s=900)
+    wait_for_queue(machine_a, timeout_s=900, experiments=len(QUEUED_LRS))
     names_a = experiment_names(machine_a)
     assert len(names_a) == len(QUEUED_LRS), names_a
     assert not list(machine_a.glob("mlflow.db*")), "a queued experiment wrote into the clone"
@@ -153,17 +153,20 @@ def experiment_names(project: Path) -> list[str]:
     return [exp["name"] for commit in shown for exp in (commit.get("experiments") or []) if exp.get("name")]
 
 
-def wait_for_queue(project: Path, timeout_s: float) -> None:
-    """Until `dvc queue status` has nothing queued or running; fail with the logs otherwise."""
+def wait_for_queue(project: Path, timeout_s: float, experiments: int) -> None:
+    """Until `dvc queue status` has nothing queued or running and `dvc exp show` lists
+    `experiments` experiments (under load, a finished task's experiment was seen to show up a
+    moment after its status); fail with the logs otherwise."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = run(["dvc", "queue", "status"], project).stdout
         if not re.search(r"\b(Queued|Running)\b", status):
             assert "Failed" not in status, status
-            return
+            if len(experiment_names(project)) >= experiments:
+                return
         time.sleep(3)
     run(["dvc", "queue", "stop", "--kill"], project, check=False)
-    raise AssertionError(f"queue did not finish within {timeout_s} s:\n{status}")
+    raise AssertionError(f"queue did not finish with {experiments} experiments within {timeout_s} s:\n{status}")
 
 
 @pytest.mark.skipif(not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")),
