@@ -106,6 +106,7 @@ class TrainParams:
     weight_decay: float
     schedule: str
     label_smoothing: float
+    consistency: float
     early_stopping_patience: int
     precision: str
     seed: int
@@ -122,6 +123,7 @@ class TrainParams:
                f"'{self.schedule}' is not one of constant, onecycle, cosine, plateau")
         _check(self.lr > 0, f"{where}.lr", "must be positive")
         _check(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1)")
+        _check(0 <= self.consistency <= 100, f"{where}.consistency", "must be in [0, 100] (0: one view per image)")
         _check(self.precision in ("auto", "fp32", "bf16"), f"{where}.precision",
                f"'{self.precision}' is not one of auto, fp32, bf16")
         _check(self.early_stopping_patience >= 0, f"{where}.early_stopping_patience",

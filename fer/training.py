@@ -166,6 +166,16 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor, de
     return torch.cat(outputs) if outputs else torch.zeros(0, NUM_CLASSES)
 
 
+def consistency_loss(logits: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Symmetric KL divergence between the class distributions predicted for two augmented views
+    of the same images, mean over the batch. Adding it to the loss (`consistency` in params.yaml)
+    teaches the model to answer the same for a face framed or resampled a little differently,
+    which is what a face detector's crop of a photo is (docs/predict.md)."""
+    log_p, log_q = F.log_softmax(logits, dim=1), F.log_softmax(other, dim=1)
+    return (F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+            + F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")) / 2
+
+
 def _loss_and_accuracy(model: torch.nn.Module, split: Split, device: torch.device) -> tuple[float, float]:
     logits = predict_logits(model, split.images, device)
     labels = torch.as_tensor(split.labels)
@@ -207,7 +217,9 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
     history, best weights, MLflow run id) is written atomically to `checkpoint_path`, and only
     then is the epoch's record handed to `on_epoch`. With bf16 precision
     the forward pass runs under autocast (weights, optimizer and loss stay fp32); validation and
-    every later prediction run in fp32.
+    every later prediction run in fp32. With `params.consistency` > 0 every step sees two augmented
+    views of each image and adds their `consistency_loss`, so an epoch costs twice as much; the
+    recorded train loss includes that term and the train accuracy is the first view's.
     """
     generator = torch.Generator().manual_seed(params.seed)
     train_images = torch.as_tensor(train.images).to(device)  # uint8 on the device: ~66 MB for FER2013
@@ -221,6 +233,7 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
     steps = (len(train) + params.batch_size - 1) // params.batch_size
     optimizer = make_optimizer(model, params)
     scheduler = make_scheduler(optimizer, params, steps)
+    views = 2 if params.consistency else 1  # augmented views of each image per step
     history: list[EpochRecord] = []
     best_epoch, best_val_acc = 0, -1.0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -246,11 +259,17 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
                    mininterval=1.0)
         for batch in bar:
             rows = order[batch * params.batch_size:(batch + 1) * params.batch_size].to(device)
-            x = augment_batch(to_input(train_images[rows], device), params.augment, generator)
+            images = to_input(train_images[rows], device)
+            x = augment_batch(images, params.augment, generator)
+            if params.consistency:
+                x = torch.cat([x, augment_batch(images, params.augment, generator)])
             y = train_labels[rows]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(x).float()
-            loss = F.cross_entropy(logits, y, label_smoothing=params.label_smoothing)
+            loss = F.cross_entropy(logits, y.repeat(views), label_smoothing=params.label_smoothing)
+            if params.consistency:
+                loss = loss + params.consistency * consistency_loss(*logits.chunk(2))
+            logits = logits[:len(rows)]
             _check_finite(loss, epoch, batch + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -17,7 +17,7 @@ from fer.augment import augment_batch
 from fer.data.synthetic import generate_split
 from fer.models import build_model
 from fer.params import AugmentParams, TrainParams, load_section
-from fer.training import (CPU_BF16_PROBES, EpochRecord, HardwareProbes, TrainingDiverged, fit,
+from fer.training import (CPU_BF16_PROBES, EpochRecord, HardwareProbes, TrainingDiverged, consistency_loss, fit,
                           resolve_precision, seed_everything, torch_probes)
 from tests.conftest import ROOT, env_with_venv, run, tiny_params, write_params
 
@@ -68,6 +68,27 @@ def test_each_precision_is_reproducible_and_learns(tmp_path: Path, precision: st
     assert a.precision == precision
     assert [r.train_loss for r in a.history] == [r.train_loss for r in b.history]
     assert a.history[-1].train_loss < a.history[0].train_loss
+
+
+def test_consistency_loss_is_a_symmetric_divergence() -> None:
+    a, b = torch.randn(8, 7), torch.randn(8, 7)
+    assert consistency_loss(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    assert consistency_loss(a, a + 5.0).item() == pytest.approx(0.0, abs=1e-6)  # same softmax
+    assert consistency_loss(a, b).item() > 0
+    assert consistency_loss(a, b).item() == pytest.approx(consistency_loss(b, a).item())
+    p, q = torch.softmax(a, 1), torch.softmax(b, 1)
+    expected = ((p - q) * (p.log() - q.log())).sum(1).mean() / 2  # (KL(p||q) + KL(q||p)) / 2
+    assert consistency_loss(a, b).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_consistency_training_is_reproducible_and_changes_the_run(tmp_path: Path) -> None:
+    params = train_params(consistency=1.0)
+    a, b = _fit(params, tmp_path), _fit(params, tmp_path)
+    plain = _fit(train_params(), tmp_path)
+    assert [r.train_loss for r in a.history] == [r.train_loss for r in b.history]
+    assert [r.val_loss for r in a.history] == [r.val_loss for r in b.history]
+    assert [r.train_loss for r in a.history] != [r.train_loss for r in plain.history]
+    assert all(torch.isfinite(torch.tensor(r.train_loss)) for r in a.history)
 
 
 def _never() -> bool:
