@@ -219,7 +219,8 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
     the forward pass runs under autocast (weights, optimizer and loss stay fp32); validation and
     every later prediction run in fp32. With `params.consistency` > 0 every step sees two augmented
     views of each image and adds their `consistency_loss`, so an epoch costs twice as much; the
-    recorded train loss includes that term and the train accuracy is the first view's.
+    recorded train loss stays the cross-entropy (comparable with the validation loss) and the
+    train accuracy is the first view's.
     """
     generator = torch.Generator().manual_seed(params.seed)
     train_images = torch.as_tensor(train.images).to(device)  # uint8 on the device: ~66 MB for FER2013
@@ -266,9 +267,10 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
             y = train_labels[rows]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(x).float()
-            loss = F.cross_entropy(logits, y.repeat(views), label_smoothing=params.label_smoothing)
+            cross_entropy = F.cross_entropy(logits, y.repeat(views), label_smoothing=params.label_smoothing)
+            loss = cross_entropy
             if params.consistency:
-                loss = loss + params.consistency * consistency_loss(*logits.chunk(2))
+                loss = cross_entropy + params.consistency * consistency_loss(*logits.chunk(2))
             logits = logits[:len(rows)]
             _check_finite(loss, epoch, batch + 1)
             optimizer.zero_grad(set_to_none=True)
@@ -276,7 +278,7 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
             optimizer.step()
             if params.schedule == "onecycle":
                 scheduler.step()
-            loss_sum += loss.item() * len(rows)
+            loss_sum += cross_entropy.item() * len(rows)
             correct += (logits.argmax(1) == y).sum().item()
             bar.set_postfix(loss=f"{loss_sum / ((batch * params.batch_size) + len(rows)):.3f}", refresh=False)
         train_seconds = time.perf_counter() - started
