@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from fer import IMAGE_SIZE, cli, tracking
-from fer.data import load_prepared
+from fer.data import load_prepared, training_data
 from fer.io import atomic_dir, atomic_path, write_json, write_text
 from fer.models import ConvNet, build_model, layer_table, layer_table_markdown, save_checkpoint
 from fer.params import TrackingParams, TrainParams, load_section, section_dict
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     result = fit(model, splits["train"], splits["val"], params, device, checkpoint, job, run_id, resume,
                  on_epoch=epoch_log)
     model.load_state_dict(result.best_state)
-    write_outputs(out, model, params, result, run_id, experiment, args.model)
+    write_outputs(out, model, params, result, run_id, experiment, args.model, training_data(args.data))
     unsent = checkpoint.with_suffix(".unsent.json")
     try:
         epoch_log.send_all()
@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_outputs(out: Path, model: ConvNet, params: TrainParams, result: FitResult, run_id: str,
-                  experiment: str, name: str) -> None:
+                  experiment: str, name: str, data: dict[str, str]) -> None:
     """The stage's DVC outputs, as one atomic directory swap."""
     rows = layer_table(model)
     with atomic_dir(out) as tmp:
-        save_checkpoint(model, params.model, tmp / "model.pt", best_epoch=result.best_epoch)
+        save_checkpoint(model, params.model, tmp / "model.pt", best_epoch=result.best_epoch, data=data)
         with atomic_path(tmp / "history.csv") as history_file, open(history_file, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=[f.name for f in dataclasses.fields(EpochRecord)])
             writer.writeheader()

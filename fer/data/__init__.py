@@ -6,6 +6,8 @@ a few megabytes instead of re-parsing text.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import zipfile
 import zlib
 from pathlib import Path
@@ -94,6 +96,28 @@ def load_split(path: str | Path) -> Split:
 
 def load_prepared(directory: str | Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Split]:
     return {name: load_split(Path(directory) / f"{name}.npz") for name in splits}
+
+
+def training_data(directory: str | Path, splits: tuple[str, ...] = ("train", "val")) -> dict[str, str]:
+    """What a model is trained on, for its checkpoint: the source's kind and file name (and the
+    source file's sha256 when `prepare` read a file) from `quality.json`, and one sha256 over the
+    prepared `splits` as stored, so that a checkpoint names its data without the data beside it."""
+    directory = Path(directory)
+    quality = directory / "quality.json"
+    try:
+        source = json.loads(quality.read_text())["source"]
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"{quality}: no readable data source ({error.__class__.__name__}); "
+                        "rerun the `prepare` stage") from None
+    digest = hashlib.sha256()
+    for name in splits:
+        digest.update((directory / f"{name}.npz").read_bytes())
+    identity = {"source_kind": str(source["kind"]),
+                "source_file": Path(source["path"]).name if "path" in source else source["kind"],
+                "prepared_sha256": digest.hexdigest(), "prepared_splits": ",".join(splits)}
+    if "sha256" in source:
+        identity["source_sha256"] = source["sha256"]
+    return identity
 
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
