@@ -2,7 +2,7 @@
 synthetic test photos made by pasting known faces onto a background.
 
 FER2013 images are tight crops (forehead and chin cut off), and the cascades were trained on
-whole faces: they miss about a quarter of FER-style faces. The crop is a square around the
+whole faces: they miss some FER-style faces. The crop is a square around the
 detected box, scaled by `DetectorParams.margin` and shifted by `DetectorParams.shift`, chosen by
 the round-trip measurement (`benchmarks/face_roundtrip.py`) so that the crop covers the square
 the face occupied, and the model predicts on it what it predicts on the original face.
@@ -34,32 +34,37 @@ NO_BOXES = np.zeros((0, 4), dtype=np.int64)
 
 @dataclasses.dataclass(frozen=True)
 class DetectorParams:
-    """How faces are found, cropped and predicted. Defaults chosen by benchmarks/face_roundtrip.py
-    on FER2013 PublicTest faces pasted into synthetic photos (docs/predict.md): the two frontal
-    cascades together found 76% of 600 faces (each alone 72%) with 0.33 false detections per
-    photo; the framing was chosen on 1,800 faces.
+    """How faces are found, cropped and predicted. Detection was chosen on hand-annotated real
+    photos, for precision as well as recall (`benchmarks/real_photos.py`, docs/predict.md): on
+    real scenes a low `min_neighbors` and a second cascade fire on wood grain, railings and
+    necklaces; the framing on FER2013 faces pasted into synthetic photos
+    (`benchmarks/face_roundtrip.py`).
 
     cascades: the Haar cascades run (names of CASCADES); boxes of one face are merged, so a face
         any of them finds counts.
     scale_factor, min_neighbors, min_size: OpenCV's detectMultiScale settings (min_size in
-        pixels of the image as given).
-    equalize: histogram-equalise the grayscale image before detection (found fewer FER faces).
+        pixels of the copy that detection runs on).
+    max_side: detection runs on a copy whose longer side is at most this many pixels (boxes are
+        mapped back; crops come from the original): the cascade's cost grows with the pixel
+        count, while a face that fills a few percent of a photo is still dozens of pixels wide.
+        0: detect at full resolution.
+    equalize: histogram-equalise the grayscale image before detection.
     merge_iou: boxes overlapping more than this are one face (their mean is kept).
-    margin: side of the crop / side of the detected box: the cascades' box of a pasted FER face is
-        the pasted square give or take a few pixels, about 5% small on average (0.95-1.1
-        measured; 1.05 brings the crop closest to the pasted square, mean IoU 0.80).
-    shift: downward shift of the crop centre, as a fraction of the detected box side (0 was the
-        closest of -0.05 to 0.05).
+    margin: side of the crop / side of the detected box: the cascade's box of a pasted FER face is
+        the pasted square give or take a few pixels, a little small on average; this margin
+        brings the crop closest to the pasted square.
+    shift: downward shift of the crop centre, as a fraction of the detected box side.
     tta_flip, tta_shift: the prediction averages the logits of the crop, its copies shifted by
         `tta_shift` pixels and their mirrors (`fer.training.tta_views`; 0 and False: the crop
         alone). A detected box misses the FER2013 framing by a few pixels, and the averaged views
         change their answer less for that (docs/predict.md).
     """
 
-    cascades: tuple[str, ...] = ("default", "alt2")
+    cascades: tuple[str, ...] = ("default",)
     scale_factor: float = 1.1
-    min_neighbors: int = 3
-    min_size: int = 32
+    min_neighbors: int = 7
+    min_size: int = 24
+    max_side: int = 640
     equalize: bool = False
     merge_iou: float = 0.3
     margin: float = 1.05
@@ -73,6 +78,7 @@ class DetectorParams:
             raise FerError(f"face detector: unknown cascade(s) {unknown or '(none)'}; expected some of "
                            f"{', '.join(CASCADES)}")
         if (self.scale_factor <= 1 or self.min_neighbors < 0 or self.min_size < 1 or self.margin <= 0
+                or self.max_side < 0
                 or not 0 <= self.tta_shift <= 8):
             raise FerError(f"face detector: invalid settings {self}")
 
@@ -132,9 +138,20 @@ def _merge(boxes: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(merged, dtype=np.int64)
 
 
+def detection_scale(shape: tuple[int, ...], max_side: int) -> float:
+    """The factor (<= 1) that brings an image of `shape` to a longer side of at most `max_side`."""
+    longest = max(shape[:2])
+    return 1.0 if max_side == 0 or longest <= max_side else max_side / longest
+
+
 def detect_faces(image: np.ndarray, params: DetectorParams) -> np.ndarray:
-    """Square face boxes (K, 4) of x, y, w, h, sorted left to right then top to bottom."""
+    """Square face boxes (K, 4) of x, y, w, h in the image's pixels, sorted left to right then top
+    to bottom; found on a copy scaled to `params.max_side`."""
     gray = to_gray(image)
+    scale = detection_scale(gray.shape, params.max_side)
+    if scale < 1:
+        gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA)
     if params.equalize:
         gray = cv2.equalizeHist(gray)
     found = [np.asarray(cascade(name).detectMultiScale(
@@ -144,7 +161,7 @@ def detect_faces(image: np.ndarray, params: DetectorParams) -> np.ndarray:
     boxes = np.concatenate(found)
     if len(boxes) == 0:
         return NO_BOXES
-    boxes = _merge(boxes, params.merge_iou)
+    boxes = (_merge(boxes, params.merge_iou) / scale).round().astype(np.int64)
     return boxes[np.lexsort((boxes[:, 1], boxes[:, 0]))]
 
 

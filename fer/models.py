@@ -43,11 +43,15 @@ def _conv_block(c_in: int, c_out: int, batch_norm: bool, dropout: float) -> nn.S
 
 
 class ConvNet(nn.Module):
-    """conv blocks (3x3 conv, [BN], ReLU, 2x2 max-pool) -> flatten -> FC -> ReLU -> FC(7)."""
+    """conv blocks (3x3 conv, [BN], ReLU, 2x2 max-pool) -> flatten -> FC -> ReLU -> FC(7).
+
+    `trained_on` is what a loaded checkpoint says the weights were trained on
+    (`fer.data.training_data`), None for a new model or a checkpoint that does not say."""
 
     def __init__(self, params: ModelParams) -> None:
         super().__init__()
         self.params = params
+        self.trained_on: dict[str, str] | None = None
         channels = ARCHITECTURES[params.arch]
         self.standardize = Standardize()
         widths = (1, *channels)
@@ -121,6 +125,7 @@ def load_model(path: Any, device: torch.device | str = "cpu") -> ConvNet:
     except (TypeError, KeyError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: weights do not fit the architecture it names "
                               f"({_first_sentence(error)})") from None
+    model.trained_on = payload.get("data")
     return model.to(device).eval()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import importlib.metadata
 import shutil
 import tempfile
@@ -29,7 +30,8 @@ import fer
 from fer import CLASS_NAMES, FerError
 from fer.faces import DetectorParams
 from fer.models import ConvNet, load_model
-from fer.predict import CHECKPOINT_ARTIFACT, decode_image_bytes, face_rows, predict_image
+from fer.predict import (CHECKPOINT_ARTIFACT, MAX_PIXELS, check_declared_size, decode_image_bytes, face_rows,
+                         predict_image)
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ("image", "face", "x", "y", "w", "h", *CLASS_NAMES, "top", "probability", "margin")
@@ -39,16 +41,37 @@ REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "opencv-python-headless", 
 
 
 class BadPhoto(FerError, ValueError):
-    """An input row that is not a base64-encoded image; the message names the row."""
+    """An input row that is not a base64-encoded image, or a request over the limits; the message
+    names the row or the limit."""
 
 
-def decode_image(encoded: Any, index: int) -> np.ndarray:
-    """An OpenCV image (gray, BGR or BGRA) from base64 text (or raw bytes, in-process)."""
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """What one request may hold, so that no request can take the server's memory: images per
+    request, encoded bytes (base64 text) per request, and pixels per image as its header declares
+    them (checked before decoding)."""
+
+    max_images: int = 16
+    max_bytes: int = 32 * 2**20
+    max_pixels: int = MAX_PIXELS
+
+
+def image_bytes(encoded: Any, index: int) -> bytes:
+    """The encoded image of one input row: base64 text (or raw bytes, in-process)."""
     try:
-        data = encoded if isinstance(encoded, bytes) else base64.b64decode(str(encoded), validate=True)
+        return encoded if isinstance(encoded, bytes) else base64.b64decode(str(encoded), validate=True)
     except (binascii.Error, ValueError):
         raise BadPhoto(f"image {index}: not base64 text") from None
-    return decode_image_bytes(data, f"image {index}", BadPhoto)
+
+
+def check_request(encoded: Sequence[Any], limits: RequestLimits) -> None:
+    """BadPhoto when the request holds more images or bytes than `limits` allow."""
+    if len(encoded) > limits.max_images:
+        raise BadPhoto(f"{len(encoded)} images in one request, more than the limit of {limits.max_images}; "
+                       "send them in several requests")
+    size = sum(len(item) if isinstance(item, (bytes, str)) else 0 for item in encoded)
+    if size > limits.max_bytes:
+        raise BadPhoto(f"{size:,} bytes of images in one request, more than the limit of {limits.max_bytes:,}")
 
 
 def encode_image(image: np.ndarray, extension: str = ".png") -> str:
@@ -60,13 +83,19 @@ def encode_image(image: np.ndarray, extension: str = ".png") -> str:
 
 
 def predict_photos(model: ConvNet, encoded: Sequence[Any], detector: DetectorParams,
-                   device: torch.device | str = "cpu") -> pd.DataFrame:
-    """One row per face found in the photos (columns OUTPUT_COLUMNS); every photo is decoded first,
-    so a bad one fails the whole request before any work."""
-    images = [decode_image(item, i) for i, item in enumerate(encoded)]
-    rows = [row for i, image in enumerate(images)
-            for row in face_rows(predict_image(model, image, detector, True, device), image=i)
-            if row["face"] is not None]
+                   device: torch.device | str = "cpu", limits: RequestLimits = RequestLimits()) -> pd.DataFrame:
+    """One row per face found in the photos (columns OUTPUT_COLUMNS); the request is checked
+    against `limits` and every photo's header read first, so a bad or oversized request fails as a
+    whole before any decoding; then the photos are decoded and predicted one at a time."""
+    check_request(encoded, limits)
+    files = [image_bytes(item, i) for i, item in enumerate(encoded)]
+    for i, data in enumerate(files):
+        check_declared_size(data, f"image {i}", BadPhoto, limits.max_pixels)
+    rows = []
+    for i, data in enumerate(files):  # one decoded photo in memory at a time
+        faces = predict_image(model, decode_image_bytes(data, f"image {i}", BadPhoto, limits.max_pixels), detector,
+                              True, device)
+        rows += [row for row in face_rows(faces, image=i) if row["face"] is not None]
     frame = pd.DataFrame([{column: row[column] for column in OUTPUT_COLUMNS} for row in rows],
                          columns=list(OUTPUT_COLUMNS))
     return frame.astype({c: "int64" for c in ("image", "face", "x", "y", "w", "h")}
@@ -81,8 +110,8 @@ def photo_model_class() -> type:
     class PhotoModel(mlflow.pyfunc.PythonModel):
         """Face detector + crop + CNN; see the module docstring for input and output."""
 
-        def __init__(self, detector: DetectorParams) -> None:
-            self.detector = detector
+        def __init__(self, detector: DetectorParams, limits: RequestLimits) -> None:
+            self.detector, self.limits = detector, limits
             self.model: ConvNet | None = None
 
         def load_context(self, context: Any) -> None:
@@ -92,7 +121,8 @@ def photo_model_class() -> type:
             if INPUT_COLUMN not in model_input:
                 raise MlflowException.invalid_parameter_value(f"expected a column '{INPUT_COLUMN}' of base64 images")
             try:
-                return predict_photos(self.model, model_input[INPUT_COLUMN].tolist(), self.detector)
+                return predict_photos(self.model, model_input[INPUT_COLUMN].tolist(), self.detector,
+                                      limits=self.limits)
             except BadPhoto as error:  # the scoring server answers an MlflowException with HTTP 400
                 raise MlflowException.invalid_parameter_value(str(error)) from None
 
@@ -113,7 +143,7 @@ def _requirements() -> list[str]:
 
 
 def log_photo_model(checkpoint_path: str | Path, registered_name: str,
-                    detector: DetectorParams = DetectorParams()) -> str:
+                    detector: DetectorParams = DetectorParams(), limits: RequestLimits = RequestLimits()) -> str:
     """Log the photo model of a checkpoint into the active MLflow run, register it under
     `registered_name` (e.g. `fer-cnn4-photo`) and return its model URI."""
     import mlflow.pyfunc
@@ -121,7 +151,7 @@ def log_photo_model(checkpoint_path: str | Path, registered_name: str,
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / CHECKPOINT_ARTIFACT  # the artifact's file name is fixed: loaders find it
         shutil.copyfile(checkpoint_path, checkpoint)
-        info = mlflow.pyfunc.log_model(name="photo_model", python_model=photo_model_class()(detector),
+        info = mlflow.pyfunc.log_model(name="photo_model", python_model=photo_model_class()(detector, limits),
                                        artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
                                        code_paths=[str(Path(fer.__file__).parent)], signature=signature(),
                                        pip_requirements=_requirements(), registered_model_name=registered_name)

@@ -26,9 +26,9 @@ from fer.faces import (CanvasParams, DetectorParams, box_iou, compose_canvas, cr
 from fer.io import atomic_dir, save_figure
 from fer.models import ConvNet, build_model, load_model
 from fer.params import ModelParams
+from fer.pretrained import DEFAULT_MODEL, describe, trained_on_synthetic
 from fer.training import predict_logits, select_device, to_input
 
-DEFAULT_MODEL = "models/cnn4/model.pt"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -36,6 +36,7 @@ CHECKPOINT_ARTIFACT = "model.pt"  # the photo model's copy of the checkpoint, un
 NO_FACE = "no face found"
 ROW_FIELDS = ("file", "frame", "time_s", "face", "x", "y", "w", "h", *CLASS_NAMES, "top", "probability",
               "margin", "note")
+MAX_PIXELS = 50_000_000  # largest image decoded: a 50-megapixel photo, 150 MB as BGR
 MATCH_IOU = 0.4  # a detected box counts as a pasted face when it overlaps it at least this much
 EXPLAIN_METHODS = ("grad_cam", "gradient")
 
@@ -98,7 +99,7 @@ def _load_registered(uri: str, device: torch.device | str) -> ConvNet:
 
 
 def load_predictor(spec: str, device: torch.device | str = "cpu") -> ConvNet:
-    """The model named by `spec`: a `model.pt` path, or an MLflow model URI (`models:/fer-cnn4/1`,
+    """The model named by `spec`: a `model.pt` path, or an MLflow model URI (`models:/fer-cnn4/latest`,
     `models:/fer-cnn4@champion`, `runs:/<id>/model`). A checkpoint is loaded weights-only; a file
     that is not one raises `fer.models.CheckpointError` naming it."""
     if spec.startswith(MLFLOW_SCHEMES):
@@ -165,13 +166,22 @@ def explain(model: ConvNet, faces: Faces) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- drawing
 
+def _put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], font: float, colour: tuple[int, int, int],
+              thickness: int, outline: tuple[int, int, int] | None = None) -> None:
+    if outline is not None:
+        cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font, outline, thickness + 2, cv2.LINE_AA)
+    cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font, colour, thickness, cv2.LINE_AA)
+
+
 def annotate(image: np.ndarray, faces: Faces, cams: np.ndarray | None = None) -> np.ndarray:
-    """A BGR copy of `image` with each face's box and top-3 classes; with `cams` (K, 48, 48), each
-    face's Grad-CAM blended into the square it was cropped from."""
+    """A BGR copy of `image` with each face's box and number, and beside the image a legend with
+    each face's top-3 classes: in group photos, labels drawn at the faces would cover each other
+    and the neighbouring faces. With `cams` (K, 48, 48), each face's Grad-CAM is blended into the
+    square it was cropped from."""
     canvas = cv2.cvtColor(to_gray(image), cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[..., :3].copy()
     height, width = canvas.shape[:2]
     thickness = max(1, round(min(height, width) / 300))
-    font = max(0.35, min(height, width) / 900)
+    font = max(0.4, min(height, width) / 900)
     for k in range(len(faces)):
         if cams is not None:
             x, y, w, h = faces.crop_boxes[k]
@@ -180,27 +190,76 @@ def annotate(image: np.ndarray, faces: Faces, cams: np.ndarray | None = None) ->
             x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
             region = canvas[y0:y1, x0:x1]
             canvas[y0:y1, x0:x1] = cv2.addWeighted(region, 0.6, colour[y0 - y:y1 - y, x0 - x:x1 - x], 0.4, 0)
-        x, y, w, h = faces.boxes[k]
-        cv2.rectangle(canvas, (int(x), int(y)), (int(x + w), int(y + h)), (0, 255, 0), thickness)
-        probs = faces.probabilities[k]
-        lines = [f"{CLASS_NAMES[c]} {probs[c]:.2f}" for c in np.argsort(-probs)[:3]]
-        line_height = int(22 * font / 0.6)
-        top = y - 4 - line_height * (len(lines) - 1) if y - line_height * len(lines) > 0 else y + h + line_height
-        for i, text in enumerate(lines):
-            origin = (int(x), int(top + i * line_height))
-            cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-            cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font,
-                        (0, 255, 255) if i == 0 else (255, 255, 255), thickness, cv2.LINE_AA)
-    return canvas
+        x, y, w, h = (int(v) for v in faces.boxes[k])
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), (0, 255, 0), thickness)
+        (tw, th), _ = cv2.getTextSize(str(k + 1), cv2.FONT_HERSHEY_SIMPLEX, font, thickness)
+        # The number sits in a filled tag on the box's top edge, inside the image.
+        tx, ty = min(max(x, 0), width - tw - 4), min(max(y, th + 4), height - 1)
+        cv2.rectangle(canvas, (tx, ty - th - 4), (tx + tw + 4, ty), (0, 255, 0), -1)
+        _put_text(canvas, str(k + 1), (tx + 2, ty - 2), font, (0, 0, 0), thickness)
+    return np.hstack([canvas, _legend(faces, height, thickness)])
+
+
+def _legend(faces: Faces, height: int, thickness: int) -> np.ndarray:
+    """A white panel as high as the image: one line per face, its number and top-3 classes."""
+    lines = [f"{k + 1}: " + ", ".join(f"{CLASS_NAMES[c]} {p[c]:.2f}" for c in np.argsort(-p)[:3])
+             for k, p in enumerate(faces.probabilities)] or [NO_FACE]
+    longest = max(lines, key=len)
+    # The font shrinks with the number of lines so that every face's line fits the image's height.
+    font = min(max(0.4, height / 900), 0.8 * height / (len(lines) + 1) / 22)
+    (text_w, text_h), _ = cv2.getTextSize(longest, cv2.FONT_HERSHEY_SIMPLEX, font, thickness)
+    panel = np.full((height, text_w + 2 * text_h, 3), 255, dtype=np.uint8)
+    step = int(text_h * 1.8)
+    for i, text in enumerate(lines):
+        _put_text(panel, text, (text_h, step * (i + 1)), font, (0, 0, 0), thickness)
+    return panel
 
 
 # ---------------------------------------------------------------- files
 
-def decode_image_bytes(data: bytes | np.ndarray, name: str, error: type[FerError] = PredictError) -> np.ndarray:
+def declared_pixels(data: bytes | np.ndarray) -> tuple[int, str] | None:
+    """The pixel count the file's header declares and a description ("6000x4000"), read without
+    decoding the pixels; None when no image header is recognised."""
+    import io
+    import re
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():  # Pillow warns of large images; the caller decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data if isinstance(data, bytes) else data.tobytes())) as header:
+                width, height = header.size
+                return width * height, f"{width}x{height}"
+    except Image.DecompressionBombError as error:  # over twice Pillow's own limit: it names the count
+        count = int((re.findall(r"\d+", str(error)) or [2 * Image.MAX_IMAGE_PIXELS])[0])
+        return count, f"{count:,}"
+    except Exception:  # noqa: BLE001 - Pillow raises many types for unknown or broken headers
+        return None
+
+
+def check_declared_size(data: bytes | np.ndarray, name: str, error: type[FerError] = PredictError,
+                        max_pixels: int = MAX_PIXELS) -> None:
+    """`error` naming `name` unless the bytes start with an image header declaring at most
+    `max_pixels` pixels. A few hundred kilobytes of PNG can declare billions of pixels, and
+    decoding them would take gigabytes before any later check could run."""
+    declared = declared_pixels(data) if len(data) else None
+    if declared is None:
+        raise error(f"{name}: not a readable image (PNG, JPEG, BMP, TIFF, WebP, PGM/PPM)")
+    if declared[0] > max_pixels:
+        raise error(f"{name}: declares {declared[1]} pixels, more than the limit of {max_pixels:,}; "
+                    "scale it down first")
+
+
+def decode_image_bytes(data: bytes | np.ndarray, name: str, error: type[FerError] = PredictError,
+                       max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes as an 8-bit OpenCV image (gray, BGR or BGRA), or `error` naming
-    `name`: what the command and the photo model both read, so both accept the same images."""
+    `name`: what the command and the photo model both read, so both accept the same images. The
+    size in the header is checked before anything is decoded."""
     buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if len(buffer) else None
+    check_declared_size(buffer, name, error, max_pixels)
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise error(f"{name}: not a readable image (PNG, JPEG, BMP, TIFF, WebP, PGM/PPM)")
     if image.dtype == np.uint16:
@@ -210,13 +269,13 @@ def decode_image_bytes(data: bytes | np.ndarray, name: str, error: type[FerError
     return image
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file as an 8-bit OpenCV image, or PredictError naming the file."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
         raise PredictError(f"{path}: cannot be read ({error.strerror})") from None
-    return decode_image_bytes(data, str(path))
+    return decode_image_bytes(data, str(path), max_pixels=max_pixels)
 
 
 def collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -455,14 +514,18 @@ def main(argv: list[str] | None = None) -> None:
                     "an emotion-over-time plot. The output folder is replaced as a whole, only on success.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively), "
                         f"video files ({', '.join(VIDEO_SUFFIXES)})")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="a model.pt checkpoint, or an MLflow model URI "
-                        "such as models:/fer-cnn4/1, models:/fer-cnn4@champion or models:/fer-cnn4-photo/1")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a model.pt checkpoint (the default: the "
+                        "CNN4 trained on FER2013 that ships in the package, docs/model_card.md; the pipeline's own: "
+                        "models/cnn4/model.pt), or an MLflow model URI such as models:/fer-cnn4/latest or "
+                        "models:/fer-cnn4-photo/latest")
     parser.add_argument("--out", default="predictions", help="output folder")
     parser.add_argument("--no-detect", action="store_true", help="each image is one face already cropped (48x48 "
                         "grayscale images are taken as crops anyway)")
     parser.add_argument("--explain", action="store_true", help="also write each face's Grad-CAM and gradient "
                         "map for its predicted class (explain/<image>.png)")
     parser.add_argument("--every", type=int, default=10, help="videos: predict on every N-th frame")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse images whose header declares "
+                        "more pixels than this (checked before decoding)")
     parser.add_argument("--no-tta", action="store_true", help="predict on each crop alone instead of averaging it "
                         "with its shifted and mirrored views (prediction about 10x faster, answers less steady "
                         "against small shifts of the face box: docs/predict.md)")
@@ -479,6 +542,10 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device()
     model = load_predictor(args.model, device)
     detector, detect = DetectorParams(), not args.no_detect
+    print(describe(model, args.model), file=sys.stderr)
+    if detect and trained_on_synthetic(model):
+        print("warning: this model has only seen the synthetic default faces; on photos its answers mean little "
+              "(the default --model is a FER2013-trained CNN4)", file=sys.stderr)
     if args.no_tta:
         detector = detector.single_view()
     rows: list[dict[str, Any]] = []
@@ -487,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
             if is_video(path):
                 rows += predict_video_file(model, path, name, tmp, detector, args.every, detect, device)
                 continue
-            image = read_image(path)
+            image = read_image(path, args.max_pixels)
             faces = predict_image(model, image, detector, detect, device)
             rows += face_rows(faces, file=str(path))
             maps = explain(model, faces) if args.explain and len(faces) else None

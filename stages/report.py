@@ -1,7 +1,8 @@
 """Stage `report`: the whole study as reports/report.md and a self-contained reports/report.html
 (images embedded, formulas as MathML, viewable offline), attached to both models' MLflow runs,
 where each model's photo model (`<registered_model>-photo`: images in, one row per face out) is
-also logged and registered."""
+also logged and registered: with the model's own weights when it was trained on real data, with
+the shipped FER2013 weights of its architecture when it was trained on the synthetic default."""
 from __future__ import annotations
 
 import time
@@ -12,6 +13,7 @@ from fer.data import load_split
 from fer.io import atomic_dir, read_json, save_figure, write_json, write_text
 from fer.params import TrainParams, VisualizeParams, load_section
 from fer.photo_model import log_photo_model
+from fer.pretrained import photo_checkpoint
 from fer.report import build_markdown, gradient_check, machine_facts, markdown_to_html, read_history, real_photos
 
 
@@ -72,7 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         # The application-facing model (photos in, one row per face out) beside the tensor model
         # that training registered; it bundles the face detector and crop that `predict` uses.
         registered = load_section(TrainParams, f"train_{name}", args.params).registered_model
-        log_photo_model(Path(args.models_dir) / name / "model.pt", f"{registered}-photo")
+        checkpoint = photo_checkpoint(Path(args.models_dir) / name / "model.pt")
+        if checkpoint is None:
+            print(f"{name}: no photo model registered (trained on synthetic faces, and no pretrained {name} ships)")
+        else:
+            log_photo_model(checkpoint, f"{registered}-photo")
 
     tracking.attach_to_model_runs(Path(args.models_dir), args.models, attach)
 
