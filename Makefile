@@ -4,7 +4,7 @@ BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup plots-page run test clean-mlflow mlflow-server mlflow-server-stop help
+.PHONY: setup plots-page run test clean-mlflow mlflow-server mlflow-server-stop pretrained help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -53,3 +53,7 @@ mlflow-server: $(STAMP)  ## start an MLflow tracking server on 127.0.0.1 (Postgr
 
 mlflow-server-stop:  ## stop the server (and PostgreSQL) that mlflow-server started
 	scripts/mlflow-server stop
+
+pretrained: $(STAMP)  ## retrain the shipped FER2013 model fer/weights/cnn4_fer2013.pt: make pretrained FER2013=/path/to/fer2013.csv.gz
+	@test -n "$(FER2013)" || { echo "usage: make pretrained FER2013=/path/to/fer2013.csv.gz" >&2; exit 1; }
+	scripts/train-pretrained "$(FER2013)"

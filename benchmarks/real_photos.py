@@ -46,7 +46,7 @@ DEFAULT_DEV = ROOT.parent / "shared" / "realphotos-dev"
 # The `fer` package on the same photos, one process: its default settings (OpenCV Haar cascade).
 FER_PACKAGE_SCRIPT = """
 import json, sys, cv2
-from fer import FER
+from fer.fer import FER
 detector = FER()
 out = {}
 for path in sys.argv[1:]:

@@ -16,6 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "fer")
 FER2013 = ROOT.parent / "shared" / "data" / "fer2013.csv.gz"
+REAL_PHOTOS = ROOT.parent / "shared" / "realphotos-dev"  # annotated real photos, read in place
 
 
 def tiny_params(**overrides: dict) -> dict:
@@ -162,3 +163,17 @@ def mlflow_server(tmp_path: Path):
         yield server.start()
     finally:
         server.stop()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG header declaring `width` x `height` gray pixels, with two rows of data: a few
+    hundred bytes that a decoder would expand to width x height bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1) * 2))
+            + chunk(b"IEND", b""))

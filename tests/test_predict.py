@@ -21,7 +21,7 @@ from fer.models import build_model, save_checkpoint
 from fer.params import ModelParams
 from fer.predict import (NO_FACE, ROW_FIELDS, face_probabilities, load_predictor, main, params_from_state_dict,
                          predict_image, probabilities, round_trip, round_trip_summary)
-from tests.conftest import FER2013, ROOT
+from tests.conftest import FER2013, ROOT, png_declaring
 
 PARAMS = ModelParams(arch="cnn4", batch_norm=True, dropout_conv=0.0, dropout_fc=0.3, fc_hidden=32)
 
@@ -155,6 +155,49 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, checkpoint: Pa
     assert len(message) == 1 and message[0].startswith(f"error: {bad}: "), message
     assert not out.exists()
     assert not list(tmp_path.glob(".out*"))  # no temporary output left behind
+
+
+def test_huge_image_is_refused_from_its_header(tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 20000x20000 PNG of a few kilobytes is refused with one line before any decoding; an image
+    under the limit is decoded as before."""
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_declaring(20000, 20000))
+    assert huge.stat().st_size < 100_000
+    decode = cv2.imdecode
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
+    with pytest.raises(SystemExit) as exit_info:
+        _predict([str(huge), "--model", str(checkpoint), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"error: {huge}: declares 400,000,000 pixels, more than the limit of 50,000,000; scale it down first"
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(cv2, "imdecode", decode)
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), np.full((60, 80), 128, np.uint8))
+    with pytest.raises(SystemExit):
+        _predict([str(small), "--model", str(checkpoint), "--out", str(tmp_path / "out"), "--max-pixels", "4000"])
+    assert "declares 80x60 pixels, more than the limit of 4,000" in capsys.readouterr().err
+    _predict([str(small), "--model", str(checkpoint), "--out", str(tmp_path / "out")])
+    assert _rows(tmp_path / "out")[0]["note"] == NO_FACE
+
+
+def test_synthetic_model_on_photos_is_named_and_warned(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The first line names the model and its training data; one trained on the synthetic
+    default gets a warning when applied to photos."""
+    path = tmp_path / "synthetic.pt"
+    save_checkpoint(build_model(PARAMS), PARAMS, path, data={"source_kind": "synthetic", "source_file": "synthetic",
+                                                            "prepared_sha256": "ab" * 32, "prepared_splits": "train,val"})
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((120, 160), 90, np.uint8))
+    _predict([str(photo), "--model", str(path), "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"model {path} (cnn4), trained on the synthetic default faces; prepared data sha256 abababababab"
+    assert lines[1].startswith("warning: this model has only seen the synthetic default faces")
 
 
 def test_refuses_to_replace_a_foreign_folder(tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:

@@ -24,9 +24,9 @@ from fer.data.synthetic import generate_split
 from fer.faces import CanvasParams, DetectorParams, compose_canvas
 from fer.models import build_model, save_checkpoint
 from fer.params import ModelParams
-from fer.photo_model import OUTPUT_COLUMNS, encode_image, log_photo_model, predict_photos
+from fer.photo_model import OUTPUT_COLUMNS, BadPhoto, RequestLimits, encode_image, log_photo_model, predict_photos
 from fer.predict import load_predictor, probabilities
-from tests.conftest import env_with_venv, free_port
+from tests.conftest import env_with_venv, free_port, png_declaring
 
 pytestmark = pytest.mark.slow
 
@@ -156,6 +156,25 @@ def test_photo_model_rejects_malformed_requests(served: dict) -> None:
     missing = requests.post(url, json={"dataframe_split": {"columns": ["picture"], "data": [["x"]]}}, timeout=60)
     assert missing.status_code == 400
     assert "image" in missing.json()["message"]
+
+
+def test_photo_model_refuses_requests_over_its_limits(served: dict) -> None:
+    """A small PNG declaring 20000x20000 pixels is refused from its header (HTTP 400, the server
+    stays up), as is a request with more images than allowed; the in-process model agrees."""
+    url = f"{served['photo_url']}/invocations"
+    huge = base64.b64encode(png_declaring(20000, 20000)).decode()
+    answer = requests.post(url, json={"dataframe_split": {"columns": ["image"], "data": [[huge]]}}, timeout=60)
+    assert answer.status_code == 400
+    assert answer.json()["message"] == ("image 0: declares 400,000,000 pixels, more than the limit of 50,000,000; "
+                                        "scale it down first")
+    photo = _photos()[0]
+    crowded = [[photo]] * (RequestLimits().max_images + 1)
+    answer = requests.post(url, json={"dataframe_split": {"columns": ["image"], "data": crowded}}, timeout=60)
+    assert answer.status_code == 400 and "more than the limit of 16" in answer.json()["message"]
+    with pytest.raises(BadPhoto, match="bytes of images in one request"):
+        predict_photos(served["model"], [photo] * 2, DetectorParams(), limits=RequestLimits(max_bytes=len(photo)))
+    assert requests.post(url, json={"dataframe_split": {"columns": ["image"], "data": [[photo]]}},
+                         timeout=60).status_code == 200
 
 
 def test_predict_loads_both_registered_models(served: dict, monkeypatch: pytest.MonkeyPatch) -> None:
