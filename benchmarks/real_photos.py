@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 
 from fer import CLASS_NAMES  # noqa: E402
 from fer.faces import DetectorParams  # noqa: E402
+from fer.io import write_json  # noqa: E402
 from fer.pretrained import DEFAULT_MODEL  # noqa: E402
 from fer.predict import load_predictor, predict_image, read_image  # noqa: E402
 from fer.realphotos import AnnotatedVideo, assign, read_manifest, score_image, summarise  # noqa: E402
@@ -82,8 +83,9 @@ def fer_package(python: str, files: list[Path], images: list, threads: int) -> d
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads),
                         "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     started = time.perf_counter()
+    # Run outside this repository: its own `fer` package would shadow the `fer` package there.
     done = subprocess.run([python, "-c", FER_PACKAGE_SCRIPT, *map(str, files)], capture_output=True, text=True,
-                          env=env, check=True, timeout=1800)
+                          env=env, check=True, timeout=1800, cwd=tempfile.gettempdir())
     wall = time.perf_counter() - started
     found = json.loads(done.stdout.strip().splitlines()[-1])
     results = []
@@ -138,8 +140,7 @@ def main() -> None:
     if args.fer_python:
         report["fer_package"] = fer_package(args.fer_python, files, images, args.threads)
         report["speed_ratio_process"] = report["fer_package"]["process_wall_s"] / process_wall
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
 
     def line(name: str, s: dict, wall: float) -> str:
         return (f"{name:12s} required {s['required_found']}/{s['required_faces']}  on negatives "

@@ -61,8 +61,8 @@ class DetectorParams:
     """
 
     cascades: tuple[str, ...] = ("default",)
-    scale_factor: float = 1.1
-    min_neighbors: int = 7
+    scale_factor: float = 1.2
+    min_neighbors: int = 5
     min_size: int = 24
     max_side: int = 640
     equalize: bool = False
