@@ -24,7 +24,7 @@ Writes benchmarks/results/face_roundtrip.json (the choice and the PrivateTest fi
 machine) and face_roundtrip_tuning.jsonl (one line per candidate of phases 1 and 2).
 With --single-view, phase 3 predicts on each crop alone (`predict --no-tta`), for comparison.
 
-Usage: python benchmarks/face_roundtrip.py [--data fer2013.csv.gz] [--model models/cnn4/model.pt]
+Usage: python benchmarks/face_roundtrip.py [--data fer2013.csv.gz] [--model fer/weights/cnn4_fer2013.pt]
        [--tune-faces 600] [--framing-faces 1800] [--test-faces 0] [--skip-tuning] [--single-view]
 """
 from __future__ import annotations
@@ -50,6 +50,7 @@ from fer.data.csv_sources import read_kaggle_csv  # noqa: E402
 from fer.evaluation import confusion  # noqa: E402
 from fer.faces import CanvasParams, DetectorParams, box_iou, crop_boxes, crop_faces  # noqa: E402
 from fer.predict import load_predictor, match_boxes, probabilities, round_trip, round_trip_summary  # noqa: E402
+from fer.pretrained import DEFAULT_MODEL  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013.csv.gz"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -125,7 +126,7 @@ def framing_phase(model, images, detector, out) -> DetectorParams:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="FER2013 in Kaggle's layout")
-    parser.add_argument("--model", default=str(ROOT / "models" / "cnn4" / "model.pt"))
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint (default: the shipped FER2013 CNN4)")
     parser.add_argument("--tune-faces", type=int, default=600, help="PublicTest faces for phase 1")
     parser.add_argument("--framing-faces", type=int, default=1800, help="PublicTest faces for phase 2 (0: all)")
     parser.add_argument("--test-faces", type=int, default=0, help="PrivateTest faces for phase 3 (0: all)")

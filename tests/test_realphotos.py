@@ -53,7 +53,7 @@ def test_manifest_errors_name_the_entry(tmp_path: Path) -> None:
 
 
 # Single-face photos whose expression is labelled `clear`, one per class the model gets right there.
-CLEAR_PHOTOS = ()
+CLEAR_PHOTOS = ("d02.jpeg", "d03.jpeg", "d04.jpg", "d09.jpeg", "d11.jpeg")  # neutral, fear, surprise, sad, angry
 
 
 @pytest.mark.skipif(not (REAL_PHOTOS / "manifest.json").is_file(), reason=f"annotated photos not found at {REAL_PHOTOS}")
