@@ -78,6 +78,14 @@ def video_keyframes(model: torch.nn.Module, path: Path, video: AnnotatedVideo, d
     return rows
 
 
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def fer_package(python: str, files: list[Path], images: list, threads: int) -> dict:
     """The `fer` package's detections on `files`, scored, with its whole-process wall time."""
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads),
@@ -130,7 +138,7 @@ def main() -> None:
                         "--out", str(Path(tmp) / "out")], cwd=ROOT, env=env, check=True, capture_output=True)
         process_wall = time.perf_counter() - started
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+        "machine": {"cpu": cpu_name(), "threads": args.threads,
                     "torch": torch.__version__, "load_average": os.getloadavg()},
         "model": args.model, "detector": {k: v for k, v in vars(detector).items()},
         "predict": {"summary": summary, "video_keyframes": video,
