@@ -165,8 +165,8 @@ def test_photo_model_refuses_requests_over_its_limits(served: dict) -> None:
     huge = base64.b64encode(png_declaring(20000, 20000)).decode()
     answer = requests.post(url, json={"dataframe_split": {"columns": ["image"], "data": [[huge]]}}, timeout=60)
     assert answer.status_code == 400
-    assert answer.json()["message"] == ("image 0: declares 400,000,000 pixels, more than the limit of 50,000,000; "
-                                        "scale it down first")
+    assert answer.json()["message"].endswith("Error: image 0: declares 400,000,000 pixels, more than the limit of "
+                                             "50,000,000; scale it down first")
     photo = _photos()[0]
     crowded = [[photo]] * (RequestLimits().max_images + 1)
     answer = requests.post(url, json={"dataframe_split": {"columns": ["image"], "data": crowded}}, timeout=60)
