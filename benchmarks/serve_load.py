@@ -93,9 +93,10 @@ def main() -> None:
             model_uri = log_photo_model(args.model, "fer-photo-load")
         port = free_port()
         env = os.environ | {"MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": str(args.threads)}
+        log = open(Path(tmp) / "server.log", "w")
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--host",
                                    "127.0.0.1", "--port", str(port), "--env-manager", "local", "--workers", "1"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}/invocations"
         peak, sampling = [0], threading.Event()
 
@@ -142,6 +143,9 @@ def main() -> None:
                 hostile[name] = {"status": answer.status_code, "seconds": time.perf_counter() - started_h,
                                  "message": answer.json().get("message", "")[:160]}
             sampling.set()
+        except Exception:
+            print((Path(tmp) / "server.log").read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             try:

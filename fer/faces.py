@@ -12,7 +12,7 @@ nothing is downloaded at run time.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import threading
 from pathlib import Path
 
 import cv2
@@ -87,14 +87,21 @@ class DetectorParams:
         return dataclasses.replace(self, tta_flip=False, tta_shift=0)
 
 
-@functools.lru_cache(maxsize=None)
+_THREAD = threading.local()
+
+
 def cascade(name: str) -> cv2.CascadeClassifier:
-    """The named Haar cascade from the OpenCV wheel, loaded once per process."""
-    path = Path(cv2.data.haarcascades) / CASCADES[name]
-    classifier = cv2.CascadeClassifier(str(path))
-    if classifier.empty():
-        raise FerError(f"{path}: Haar cascade missing or unreadable (opencv-python-headless 4.x ships them)")
-    return classifier
+    """The named Haar cascade from the OpenCV wheel, loaded once per thread: a classifier keeps
+    working buffers, and one shared by the threads of a serving process crashed it under
+    concurrent requests."""
+    loaded = _THREAD.__dict__.setdefault("cascades", {})
+    if name not in loaded:
+        path = Path(cv2.data.haarcascades) / CASCADES[name]
+        classifier = cv2.CascadeClassifier(str(path))
+        if classifier.empty():
+            raise FerError(f"{path}: Haar cascade missing or unreadable (opencv-python-headless 4.x ships them)")
+        loaded[name] = classifier
+    return loaded[name]
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

@@ -62,9 +62,20 @@ def test_pipeline_end_to_end(tiny_project: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{tiny_params()['train_cnn4']['registered_model']}/1")
     assert pyfunc.predict(np.random.default_rng(0).random((3, 1, 48, 48), dtype=np.float32)).shape == (3, 7)
-    for name in ("cnn4", "cnn3"):  # the photo models, registered by the report stage
-        photo = client.get_registered_model(f"{tiny_params()[f'train_{name}']['registered_model']}-photo")
-        assert photo.latest_versions[0].run_id == runs[name].info.run_id
+    # Trained on synthetic faces: the checkpoint says so, and the photo model of cnn4 (registered by
+    # the report stage in cnn4's run) bundles the shipped FER2013 weights; no cnn3 weights ship.
+    import torch
+
+    from fer.pretrained import DEFAULT_MODEL
+
+    data = torch.load(tiny_project / "models" / "cnn4" / "model.pt", weights_only=True)["data"]
+    assert data["source_kind"] == "synthetic" and len(data["prepared_sha256"]) == 64
+    registered = tiny_params()["train_cnn4"]["registered_model"]
+    [version] = client.search_model_versions(f"name = '{registered}-photo'")
+    assert version.run_id == runs["cnn4"].info.run_id
+    bundled = Path(mlflow.artifacts.download_artifacts(f"models:/{registered}-photo/{version.version}"))
+    assert (bundled / "artifacts" / "model.pt").read_bytes() == DEFAULT_MODEL.read_bytes()
+    assert not client.search_registered_models(f"name = '{tiny_params()['train_cnn3']['registered_model']}-photo'")
 
     assert_report_matches_metrics(tiny_project)
 

@@ -226,6 +226,19 @@ def test_architecture_read_back_from_weights() -> None:
         assert params_from_state_dict(build_model(params).state_dict()) == params
 
 
+def test_detection_from_several_threads_agrees() -> None:
+    """The served photo model predicts requests in several threads at once: each thread gets its
+    own cascade (a shared one crashed the server), and every thread finds the same boxes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    faces = generate_split(8, seed=2).images
+    photo, _ = compose_canvas(faces[:4], faces, np.random.default_rng(0), CanvasParams(width=1280, height=960))
+    expected = detect_faces(photo, DetectorParams())
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda _: detect_faces(photo, DetectorParams()), range(16)))
+    assert all(np.array_equal(boxes, expected) for boxes in found)
+
+
 def test_crop_and_detection_geometry() -> None:
     """The crop of a pasted square (margin 1) is the face itself, scaled; 48x48 gray is a crop;
     a flat image has no face."""
