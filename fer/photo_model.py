@@ -4,8 +4,10 @@ Input: a DataFrame with a column `image` of base64-encoded PNG or JPEG files. Ou
 detected face with the image's index (its row in the input), the box (x, y, w, h), the 7 class
 probabilities, the top class, its probability and its margin over the second class. An image
 without a face has no row. The model bundles the checkpoint (`artifacts/model.pt`), the face
-detector's settings and this package's code, and predicts through `fer.predict.predict_image`:
-the same code path as the `predict` command.
+detector's settings, the request limits and this package's code, and predicts through
+`fer.predict.predict_image`: the same code path as the `predict` command. A request over its
+limits (images, bytes, pixels declared by an image's header) fails as a whole before anything is
+decoded, with HTTP 400 from the scoring server.
 
 mlflow is imported inside the functions (only `fer.tracking` imports it at module level).
 """

@@ -100,7 +100,7 @@ def _load_registered(uri: str, device: torch.device | str) -> ConvNet:
 
 def load_predictor(spec: str, device: torch.device | str = "cpu") -> ConvNet:
     """The model named by `spec`: a `model.pt` path, or an MLflow model URI (`models:/fer-cnn4/latest`,
-    `models:/fer-cnn4@champion`, `runs:/<id>/model`). A checkpoint is loaded weights-only; a file
+    `models:/fer-cnn4-photo/latest`, `runs:/<id>/model`). A checkpoint is loaded weights-only; a file
     that is not one raises `fer.models.CheckpointError` naming it."""
     if spec.startswith(MLFLOW_SCHEMES):
         return _load_registered(spec, device)
