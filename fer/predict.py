@@ -201,17 +201,20 @@ def annotate(image: np.ndarray, faces: Faces, cams: np.ndarray | None = None) ->
 
 
 def _legend(faces: Faces, height: int, thickness: int) -> np.ndarray:
-    """A white panel as high as the image: one line per face, its number and top-3 classes."""
+    """A white panel as high as the image: one line per face, its number and top-3 classes. Its
+    width depends on the height only, so that the frames of an annotated video keep one size."""
     lines = [f"{k + 1}: " + ", ".join(f"{CLASS_NAMES[c]} {p[c]:.2f}" for c in np.argsort(-p)[:3])
              for k, p in enumerate(faces.probabilities)] or [NO_FACE]
-    longest = max(lines, key=len)
+    widest = "88: " + ", ".join([f"{max(CLASS_NAMES, key=len)} 0.00"] * 3)
+    full = max(0.4, height / 900)
+    (panel_w, full_h), _ = cv2.getTextSize(widest, cv2.FONT_HERSHEY_SIMPLEX, full, thickness)
     # The font shrinks with the number of lines so that every face's line fits the image's height.
-    font = min(max(0.4, height / 900), 0.8 * height / (len(lines) + 1) / 22)
-    (text_w, text_h), _ = cv2.getTextSize(longest, cv2.FONT_HERSHEY_SIMPLEX, font, thickness)
-    panel = np.full((height, text_w + 2 * text_h, 3), 255, dtype=np.uint8)
+    font = min(full, 0.8 * height / (len(lines) + 1) / 22)
+    text_h = cv2.getTextSize(widest, cv2.FONT_HERSHEY_SIMPLEX, font, thickness)[0][1]
+    panel = np.full((height, panel_w + 2 * full_h, 3), 255, dtype=np.uint8)
     step = int(text_h * 1.8)
     for i, text in enumerate(lines):
-        _put_text(panel, text, (text_h, step * (i + 1)), font, (0, 0, 0), thickness)
+        _put_text(panel, text, (full_h, step * (i + 1)), font, (0, 0, 0), thickness)
     return panel
 
 
