@@ -167,9 +167,7 @@ def explain(model: ConvNet, faces: Faces) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- drawing
 
 def _put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], font: float, colour: tuple[int, int, int],
-              thickness: int, outline: tuple[int, int, int] | None = None) -> None:
-    if outline is not None:
-        cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font, outline, thickness + 2, cv2.LINE_AA)
+              thickness: int) -> None:
     cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font, colour, thickness, cv2.LINE_AA)
 
 

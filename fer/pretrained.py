@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fer.models import ConvNet
+from fer.models import ConvNet, load_model
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "cnn4_fer2013.pt"
 SYNTHETIC = "synthetic"
@@ -33,8 +33,6 @@ def photo_checkpoint(checkpoint: Path) -> Path | None:
     when it was trained on real data; for one trained on the synthetic default (whose faces say
     nothing about photos), the shipped FER2013 weights of the same architecture, or None if none
     ship."""
-    from fer.models import load_model
-
     model = load_model(checkpoint)
     if not trained_on_synthetic(model):
         return checkpoint
