@@ -90,7 +90,7 @@ def main() -> None:
         mlflow.set_tracking_uri(uri)
         experiment = mlflow.create_experiment("serve-load", artifact_location=(Path(tmp) / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment):
-            model_uri = log_photo_model(args.model, "fer-photo-load")
+            model_uri = log_photo_model(args.model)
         port = free_port()
         env = os.environ | {"MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": str(args.threads)}
         log = open(Path(tmp) / "server.log", "w")

@@ -81,10 +81,13 @@ def build_model(params: ModelParams) -> ConvNet:
 
 
 def save_checkpoint(model: ConvNet, params: ModelParams, path: Any, **extra: Any) -> None:
-    """Weights plus the architecture they belong to, loadable with `weights_only=True`."""
+    """Weights plus the architecture they belong to, loadable with `weights_only=True`. Written
+    through a file object, so that the same weights give the same bytes (given a path, torch
+    names the archive's folder after the file, here a random temporary name): the registry
+    recognises an unchanged checkpoint by its sha256."""
     payload = {"model_params": dataclasses.asdict(params), "state_dict": model.state_dict(), **extra}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 class CheckpointError(FerError, ValueError):

@@ -29,7 +29,16 @@ def _check(condition: bool, where: str, message: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class TrackingParams:
+    """Where results are recorded, not what a model is: no stage lists these keys in dvc.yaml and
+    no training fingerprint holds them, so renaming the experiment or the registered models
+    retrains nothing. `MLFLOW_EXPERIMENT_NAME` overrides `experiment`."""
+
     experiment: str
+    registered_model_prefix: str
+
+    def registered_model(self, model: str) -> str:
+        """The registry name of a model's tensor model (its photo model adds `-photo`)."""
+        return f"{self.registered_model_prefix}{model}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +119,6 @@ class TrainParams:
     early_stopping_patience: int
     precision: str
     seed: int
-    registered_model: str
 
     def validate(self, where: str) -> None:
         self.model.validate(f"{where}.model")

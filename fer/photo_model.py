@@ -9,14 +9,17 @@ detector's settings, the request limits and this package's code, and predicts th
 limits (images, bytes, pixels declared by an image's header) fails as a whole before anything is
 decoded, with HTTP 400 from the scoring server.
 
-mlflow is imported inside the functions (only `fer.tracking` imports it at module level).
+The model is logged from code (`fer/photo_pyfunc.py`, which MLflow runs when it loads the model),
+so serving it unpickles nothing; this module imports mlflow inside its functions only.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import dataclasses
+import hashlib
 import importlib.metadata
+import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -29,9 +32,9 @@ import pandas as pd
 import torch
 
 import fer
-from fer import CLASS_NAMES, FerError
+from fer import CLASS_NAMES, FerError, tracking
 from fer.faces import DetectorParams
-from fer.models import ConvNet, load_model
+from fer.models import ConvNet
 from fer.predict import (CHECKPOINT_ARTIFACT, MAX_PIXELS, check_declared_size, decode_image_bytes, face_rows,
                          predict_image)
 
@@ -40,6 +43,11 @@ OUTPUT_COLUMNS = ("image", "face", "x", "y", "w", "h", *CLASS_NAMES, "top", "pro
 # Described in the model's requirements; `mlflow models serve --env-manager local` uses the running venv.
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "opencv-python-headless", "captum", "matplotlib",
                 "pyyaml", "tqdm")
+
+
+# The modules a photo model's answers come from: with its weights and settings they identify a
+# version, so an edit of report or plotting code registers nothing new.
+PREDICTION_CODE = ("photo_pyfunc.py", "photo_model.py", "predict.py", "faces.py", "models.py", "training.py")
 
 
 class BadPhoto(FerError, ValueError):
@@ -104,31 +112,15 @@ def predict_photos(model: ConvNet, encoded: Sequence[Any], detector: DetectorPar
                         | {c: "float64" for c in (*CLASS_NAMES, "probability", "margin")})
 
 
-def photo_model_class() -> type:
-    """The PythonModel subclass (defined here so that importing this module needs no mlflow)."""
-    import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
+def photo_config(detector: DetectorParams, limits: RequestLimits) -> dict[str, Any]:
+    """The photo model's settings as its `model_config` (plain JSON values)."""
+    return {"detector": dataclasses.asdict(detector), "limits": dataclasses.asdict(limits)}
 
-    class PhotoModel(mlflow.pyfunc.PythonModel):
-        """Face detector + crop + CNN; see the module docstring for input and output."""
 
-        def __init__(self, detector: DetectorParams, limits: RequestLimits) -> None:
-            self.detector, self.limits = detector, limits
-            self.model: ConvNet | None = None
-
-        def load_context(self, context: Any) -> None:
-            self.model = load_model(context.artifacts[CHECKPOINT_ARTIFACT])
-
-        def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-            if INPUT_COLUMN not in model_input:
-                raise MlflowException.invalid_parameter_value(f"expected a column '{INPUT_COLUMN}' of base64 images")
-            try:
-                return predict_photos(self.model, model_input[INPUT_COLUMN].tolist(), self.detector,
-                                      limits=self.limits)
-            except BadPhoto as error:  # the scoring server answers an MlflowException with HTTP 400
-                raise MlflowException.invalid_parameter_value(str(error)) from None
-
-    return PhotoModel
+def settings_from_config(config: dict[str, Any]) -> tuple[DetectorParams, RequestLimits]:
+    detector = dict(config["detector"])
+    detector["cascades"] = tuple(detector["cascades"])
+    return DetectorParams(**detector), RequestLimits(**config["limits"])
 
 
 def signature() -> Any:
@@ -144,17 +136,33 @@ def _requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
 
 
-def log_photo_model(checkpoint_path: str | Path, registered_name: str,
-                    detector: DetectorParams = DetectorParams(), limits: RequestLimits = RequestLimits()) -> str:
-    """Log the photo model of a checkpoint into the active MLflow run, register it under
-    `registered_name` (e.g. `fer-cnn4-photo`) and return its model URI."""
+def log_photo_model(checkpoint_path: str | Path, detector: DetectorParams = DetectorParams(),
+                    limits: RequestLimits = RequestLimits()) -> str:
+    """Log the photo model of a checkpoint into the active MLflow run (models from code:
+    `fer/photo_pyfunc.py`, settings in `model_config`); return its model URI."""
     import mlflow.pyfunc
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / CHECKPOINT_ARTIFACT  # the artifact's file name is fixed: loaders find it
         shutil.copyfile(checkpoint_path, checkpoint)
-        info = mlflow.pyfunc.log_model(name="photo_model", python_model=photo_model_class()(detector, limits),
+        info = mlflow.pyfunc.log_model(name="photo_model", python_model=str(Path(__file__).with_name("photo_pyfunc.py")),
                                        artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+                                       model_config=photo_config(detector, limits),
                                        code_paths=[str(Path(fer.__file__).parent)], signature=signature(),
-                                       pip_requirements=_requirements(), registered_model_name=registered_name)
+                                       pip_requirements=_requirements())
     return info.model_uri
+
+
+def register_photo_model(checkpoint_path: str | Path, registered_name: str,
+                         detector: DetectorParams = DetectorParams(), limits: RequestLimits = RequestLimits()) -> str:
+    """The version of `registered_name` (e.g. `fer-cnn4-photo`) that holds this checkpoint with
+    these settings and prediction code, logged into the active run and registered only when no
+    version has them (versions are tagged with the three sha256s); it becomes `@champion`.
+    Returns the version."""
+    config = json.dumps(photo_config(detector, limits), sort_keys=True).encode()
+    code = hashlib.sha256()
+    for name in PREDICTION_CODE:
+        code.update((Path(__file__).parent / name).read_bytes())
+    tags = {"checkpoint_sha256": tracking.file_sha256(Path(checkpoint_path)),
+            "config_sha256": hashlib.sha256(config).hexdigest(), "code_sha256": code.hexdigest()}
+    return tracking.register(registered_name, tags, lambda: log_photo_model(checkpoint_path, detector, limits))

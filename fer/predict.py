@@ -20,12 +20,11 @@ import cv2
 import numpy as np
 import torch
 
-from fer import ARCHITECTURES, CLASS_NAMES, IMAGE_SIZE, FerError, cli
+from fer import CLASS_NAMES, IMAGE_SIZE, FerError, cli
 from fer.faces import (CanvasParams, DetectorParams, box_iou, compose_canvas, crop_boxes, crop_faces, detect_faces,
                        is_face_crop, to_gray)
 from fer.io import atomic_dir, save_figure
-from fer.models import ConvNet, build_model, load_model
-from fer.params import ModelParams
+from fer.models import ConvNet, load_model
 from fer.pretrained import DEFAULT_MODEL, describe, trained_on_synthetic
 from fer.training import predict_logits, select_device, to_input
 
@@ -61,23 +60,11 @@ class Faces:
 
 # ---------------------------------------------------------------- models
 
-def params_from_state_dict(state: dict[str, torch.Tensor]) -> ModelParams:
-    """The architecture a state dict belongs to, read from its tensor shapes (dropout does not
-    matter for prediction), so weights exported without their params can be rebuilt."""
-    widths = tuple(int(state[f"features.{i}.0.weight"].shape[0]) for i in range(8)
-                   if f"features.{i}.0.weight" in state)
-    arch = next((name for name, channels in ARCHITECTURES.items() if channels == widths), None)
-    if arch is None:
-        raise PredictError(f"conv widths {widths} match none of the architectures {', '.join(ARCHITECTURES)}")
-    return ModelParams(arch=arch, batch_norm="features.0.1.running_mean" in state, dropout_conv=0.0,
-                       dropout_fc=0.0, fc_hidden=int(state["classifier.1.weight"].shape[0]))
-
-
 def _load_registered(uri: str, device: torch.device | str) -> ConvNet:
-    """A model from the MLflow store: the photo model's bundled checkpoint, or the tensor model's
-    weights rebuilt into the study's network (so that Grad-CAM finds its layers)."""
+    """A model from the MLflow store, rebuilt from the checkpoint it carries (the photo model's
+    `artifacts/model.pt`, the tensor model's `extra_files/model.pt`), so that the network, its
+    options and its data record are the ones training wrote and Grad-CAM finds its layers."""
     import mlflow
-    import mlflow.pytorch
 
     from fer import tracking
 
@@ -87,15 +74,13 @@ def _load_registered(uri: str, device: torch.device | str) -> ConvNet:
     tracking.connect()  # bounded waits; an unreachable server is one line
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-        checkpoint = local / "artifacts" / CHECKPOINT_ARTIFACT
-        if checkpoint.is_file():
-            return load_model(checkpoint, device)
-        state = {k: v.detach() for k, v in mlflow.pytorch.load_model(str(local), map_location="cpu").state_dict().items()}
     except mlflow.exceptions.MlflowException as error:
         raise PredictError(f"{uri}: {str(error.message).splitlines()[0]}") from None
-    model = build_model(params_from_state_dict(state))
-    model.load_state_dict(state)
-    return model.to(device).eval()
+    for checkpoint in (local / "artifacts" / CHECKPOINT_ARTIFACT, local / "extra_files" / CHECKPOINT_ARTIFACT):
+        if checkpoint.is_file():
+            return load_model(checkpoint, device)
+    raise PredictError(f"{uri}: the model carries no {CHECKPOINT_ARTIFACT} (not logged by this project's "
+                       "train or report stage)")
 
 
 def load_predictor(spec: str, device: torch.device | str = "cpu") -> ConvNet:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import importlib
 import logging
 import os
@@ -64,7 +65,22 @@ def project_root() -> Path:
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DB_NAME}"
+    """The store: `MLFLOW_TRACKING_URI`, else `mlflow.db` at the project root. A relative SQLite
+    path is taken from the project root too: under `dvc exp run --temp` and the queue the working
+    directory is a throw-away copy, and a store there would be lost with it."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{project_root() / DB_NAME}"
+    db = sqlite_path(uri)
+    if db is not None and not db.is_absolute():
+        query = uri.partition("?")[1] + uri.partition("?")[2]
+        return f"sqlite:///{project_root() / db}{query}"
+    return uri
+
+
+def experiment_name(configured: str) -> str:
+    """MLflow's own `MLFLOW_EXPERIMENT_NAME` when set, else the name params.yaml configures."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or configured
 
 
 def is_server(uri: str) -> bool:
@@ -171,6 +187,13 @@ def _outage_as_error(uri: str) -> Iterator[None]:
         raise
 
 
+def source_commit(root: Path) -> str:
+    """The commit the stage's code comes from: DVC's `DVC_EXP_BASELINE_REV` under `dvc exp run`
+    (queued and `--temp` experiments run a copy of that commit while the workspace at `DVC_ROOT`
+    may have moved on), else the HEAD of `root`."""
+    return os.environ.get("DVC_EXP_BASELINE_REV") or git_commit(root)
+
+
 def git_commit(root: Path) -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -219,38 +242,54 @@ def _existing_run(run_id: str | None, run_name: str, uri: str) -> str | None:
     return None
 
 
-def _new_run_tags(run_name: str) -> dict[str, str]:
-    tags = {"git_commit": git_commit(project_root()), "model": run_name}
+CHAMPION = "champion"  # the alias of the version the latest pipeline run produced (or found unchanged)
+# Each split's role, as MLflow's dataset inputs name it (`mlflow.data.context`).
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def _new_run_tags(model: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """MLflow's context tags (user, source file, git commit, branch, repository URL) with the
+    project's own: the commit the code comes from, the model, the DVC stage and experiment."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    commit = source_commit(project_root())
+    tags = {"git_commit": commit, "model": model, **(extra or {})}
     for env, tag in (("DVC_STAGE", "dvc_stage"), ("DVC_EXP_NAME", "dvc_exp_name")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
-    return tags
+    resolved = resolve_tags(tags)
+    if commit != "none":  # the context provider reads the checkout, which a queued copy has moved past
+        resolved["mlflow.source.git.commit"] = commit
+    return resolved
 
 
 def open_run(experiment: str, run_name: str, run_id: str | None = None,
              params: Mapping[str, Any] | None = None) -> str:
-    """The id of the model's run: `run_id` when the store has it, else a new run, tagged with
-    the git commit and the DVC stage (and experiment, under `dvc exp run`) and given `params`.
-    The run stays RUNNING (nothing is active in this process) until `model_run` reopens and
-    ends it, so a killed stage leaves a run that its resumed stage can continue."""
+    """The id of a training run: `run_id` when the store has it (set RUNNING again: a resumed
+    training continues its run), else a new run with MLflow's context tags, the project's tags and
+    `params`. The run stays RUNNING (nothing is active in this process) until `model_run` reopens
+    and ends it, or `end_run` marks it failed, so a killed stage leaves a run its resumed stage
+    can continue."""
     uri = connect()
     with _outage_as_error(uri):
-        return _open_run(uri, experiment, run_name, run_id, params)
+        existing = _existing_run(run_id, run_name, uri)
+        if existing:
+            from mlflow.tracking import MlflowClient
+
+            retry_locked(lambda: MlflowClient(uri).update_run(existing, status="RUNNING"))
+            return existing
+        return _create_run(uri, experiment, run_name, run_name, params)
 
 
-def _open_run(uri: str, experiment: str, run_name: str, run_id: str | None,
-              params: Mapping[str, Any] | None = None) -> str:
+def _create_run(uri: str, experiment: str, run_name: str, model: str, params: Mapping[str, Any] | None = None,
+                tags: Mapping[str, str] | None = None) -> str:
+    from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    existing = _existing_run(run_id, run_name, uri)
-    if existing:
-        return existing
     client = MlflowClient(uri)
     experiment_id = _experiment_id(experiment, uri)
-    run = retry_locked(lambda: client.create_run(experiment_id, tags=_new_run_tags(run_name), run_name=run_name))
+    run = retry_locked(lambda: client.create_run(experiment_id, tags=_new_run_tags(model, tags), run_name=run_name))
     if params:
-        from mlflow.entities import Param
-
         batch = [Param(k, str(v)) for k, v in flatten(params).items()]
         retry_locked(lambda: client.log_batch(run.info.run_id, params=batch))
     return run.info.run_id
@@ -258,26 +297,138 @@ def _open_run(uri: str, experiment: str, run_name: str, run_id: str | None,
 
 @contextlib.contextmanager
 def model_run(experiment: str, run_name: str, run_id: str | None = None) -> Iterator[str]:
-    """Make the model's run active (reopening `run_id` when the store has it, else starting a
-    new one); yield its id. The module's logging helpers write into the active run."""
+    """Make the training run active (reopening `run_id` when the store has it, else starting a
+    new one); yield its id; it ends FINISHED. The logging helpers write into the active run."""
     import mlflow
 
     uri = connect()
     with _outage_as_error(uri):
-        run_id = _open_run(uri, experiment, run_name, run_id)
+        run_id = _existing_run(run_id, run_name, uri) or _create_run(uri, experiment, run_name, run_name)
         with mlflow.start_run(run_id=run_id) as run:
             yield run.info.run_id
 
 
-def attach_to_model_runs(models_dir: Path, names: Iterable[str], log_outputs: Callable[[str], None]) -> None:
-    """For each model, reopen the run its training stage recorded in `run.json` and call
-    `log_outputs(name)` inside it: how evaluate, visualize and report attach what they made."""
+@contextlib.contextmanager
+def new_run(experiment: str, run_name: str, model: str, parent_run_id: str | None = None,
+            params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A new active run (a child of `parent_run_id` when given: the UI nests it under that run)
+    with its own `params`; yield its id. It ends FINISHED, or FAILED when the block raises."""
+    import mlflow
+
+    uri = connect()
+    with _outage_as_error(uri):
+        extra = dict(tags or {}) | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})
+        run_id = _create_run(uri, experiment, run_name, model, params, extra)
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run.info.run_id
+
+
+def end_run(run_id: str, status: str) -> None:
+    """Mark a run FAILED or KILLED, as far as the store answers: the stage is failing already, so
+    a store that does not answer only gets a warning."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        retry_locked(lambda: MlflowClient(tracking_uri()).set_terminated(run_id, status))
+    except Exception as error:  # noqa: BLE001 - the original failure is what the user must see
+        log.warning("could not mark MLflow run %s %s (%s)", run_id, status, str(error).splitlines()[0][:200])
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str, resumed: bool) -> Iterator[None]:
+    """Sample CPU, memory, disk, network (and GPU, where `nvidia-ml-py` is installed) into the
+    run's `system/` metrics while the block runs; `MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL` sets
+    the interval (10 s). Sampling stops, without failing the stage, when the store goes away."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines in the log
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=tracking_uri())
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A model as the later stages find it: its name, and its training run and logged model in
+    the store (None where the store no longer has them, e.g. after `make clean-mlflow`)."""
+
+    name: str
+    run_id: str | None
+    model_id: str | None
+
+
+def trained_model(models_dir: Path, name: str) -> TrainedModel:
+    """The training run and logged model that `models/<name>/run.json` names, as the store has them."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     from fer.io import read_json
 
+    uri = connect()
+    recorded = read_json(Path(models_dir) / name / "run.json")
+    run_id = _existing_run(recorded.get("run_id"), name, uri)
+    model_id = recorded.get("model_id") if run_id else None
+    if model_id:
+        try:
+            MlflowClient(uri).get_logged_model(model_id)
+        except MlflowException:
+            log.warning("logged model %s of %s is not in %s; its metrics are logged without it", model_id, name, uri)
+            model_id = None
+    return TrainedModel(name, run_id, model_id)
+
+
+def stage_runs(experiment: str, stage: str, models_dir: Path, names: Iterable[str], params: Mapping[str, Any],
+               log_outputs: Callable[[TrainedModel], None]) -> None:
+    """For each model, one new run `<stage>-<name>`, a child of the model's training run, with the
+    stage's `params` and the logged model as its input; `log_outputs(model)` logs into it. A rerun
+    makes new runs: nothing is appended to the training run or to an earlier evaluation."""
     for name in names:
-        run = read_json(Path(models_dir) / name / "run.json")
-        with model_run(run["experiment"], name, run["run_id"]):
-            log_outputs(name)
+        model = trained_model(models_dir, name)
+        with new_run(experiment, f"{stage}-{name}", name, model.run_id, params):
+            log_model_inputs([model.model_id] if model.model_id else [])
+            log_outputs(model)
+
+
+def log_model_inputs(model_ids: Iterable[str]) -> None:
+    """Name logged models as inputs of the active run (the UI links the run to their pages)."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    for model_id in model_ids:
+        retry_locked(lambda: mlflow.log_input(model=LoggedModelInput(model_id)))
+
+
+def active_run_id() -> str:
+    import mlflow
+
+    return mlflow.active_run().info.run_id
+
+
+def dataset(ref: Any, images: np.ndarray, labels: np.ndarray) -> Any:
+    """An MLflow dataset of one prepared split (`ref`: a `fer.data.DataRef`): its digest is the md5
+    DVC records for the split's file, its source the original data file (or the generator)."""
+    import mlflow.data
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    source = ref.source if ref.source_kind != "synthetic" else CodeDatasetSource({"mlflow.source.name": ref.source})
+    return mlflow.data.from_numpy(images, targets=labels, source=source, name=ref.name, digest=ref.digest)
+
+
+def log_datasets(run_id: str, datasets: Mapping[str, tuple[Any, Any]]) -> None:
+    """Log {split: (ref, mlflow dataset)} as the run's dataset inputs, each with its split's
+    context and the source file's sha256 as an input tag."""
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = [DatasetInput(data._to_mlflow_entity(),
+                           [InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXTS[split]),
+                            *([InputTag("source_sha256", ref.source_sha256)] if ref.source_sha256 else [])])
+              for split, (ref, data) in datasets.items()]
+    retry_locked(lambda: MlflowClient(tracking_uri()).log_inputs(run_id, datasets=inputs))
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -304,11 +455,14 @@ def log_params(params: Mapping[str, Any]) -> None:
     retry_locked(lambda: mlflow.log_params(flatten(params)))
 
 
-def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
-    """Log every numeric leaf of `metrics` into the active run."""
+def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str = "",
+                model_id: str | None = None, dataset: Any = None) -> None:
+    """Log every numeric leaf of `metrics` into the active run, tied to the logged model and the
+    dataset they measure when given (the model's page then lists them with their data)."""
     import mlflow
 
-    retry_locked(lambda: mlflow.log_metrics(numeric_leaves(metrics, prefix), step=step))
+    retry_locked(lambda: mlflow.log_metrics(numeric_leaves(metrics, prefix), step=step, model_id=model_id,
+                                            dataset=dataset))
 
 
 def log_artifacts(directory: str | Path, artifact_path: str | None = None) -> None:
@@ -323,20 +477,55 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def log_torch_model(model: Any, registered_name: str, example: np.ndarray) -> str:
-    """Log (and register) the model with a signature inferred from a float32 example batch of
-    size >= 2, so the batch dimension stays free. Returns the model URI."""
+def log_torch_model(model: Any, checkpoint: Path, example: np.ndarray) -> Any:
+    """Log the model into the active run with a signature inferred from a float32 example batch
+    of size >= 2 (so the batch dimension stays free), the checkpoint beside it (`extra_files/`:
+    architecture, options and data record, so loaders rebuild the network without guessing) and
+    its architecture in the model's metadata. Returns MLflow's ModelInfo."""
     import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
 
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = model.cpu().eval()
     with torch.no_grad():
         output = model(torch.as_tensor(example)).numpy()
-    info = mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                    signature=infer_signature(example, output),
-                                    registered_model_name=registered_name)
-    return info.model_uri
+    return mlflow.pytorch.log_model(model, name="model", input_example=example,
+                                    signature=infer_signature(example, output), extra_files=[str(checkpoint)],
+                                    metadata={"model_params": payload["model_params"],
+                                              "checkpoint_sha256": file_sha256(checkpoint)})
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def find_version(name: str, tags: Mapping[str, str]) -> str | None:
+    """The newest version of registered model `name` carrying all of `tags`, or None."""
+    from mlflow.tracking import MlflowClient
+
+    query = " and ".join([f"name = '{name}'", *(f"tags.{key} = '{value}'" for key, value in tags.items())])
+    found = MlflowClient().search_model_versions(query, max_results=1, order_by=["version_number DESC"])
+    return found[0].version if found else None
+
+
+def register(name: str, tags: Mapping[str, str], log_model: Callable[[], str]) -> str:
+    """The version of `name` holding the content that `tags` identify (its checkpoint's sha256,
+    say): the existing one when the registry has it, else `log_model()` (which returns a model
+    URI) is logged and registered with those tags. Either way the version becomes `@champion`,
+    so a rerun with unchanged weights adds nothing to the registry."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    version = find_version(name, tags)
+    if version is None:
+        uri = log_model()
+        version = retry_locked(lambda: mlflow.register_model(uri, name, tags=dict(tags))).version
+        print(f"registered {name} version {version} (@{CHAMPION})")
+    else:
+        print(f"{name}: version {version} holds these weights already (@{CHAMPION}); nothing registered")
+    retry_locked(lambda: MlflowClient().set_registered_model_alias(name, CHAMPION, version))
+    return str(version)
 
 
 class EpochLog:

@@ -207,6 +207,18 @@ def load_resume_state(path: Path, job_fingerprint: str) -> dict[str, Any] | None
     return state if state["fingerprint"] == job_fingerprint else None
 
 
+def abandoned_run_id(path: Path, job_fingerprint: str) -> str | None:
+    """The MLflow run of a resume state left by another job (other params or data), which will
+    never be continued; None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        state = read_checkpoint(path, "resume state", ("fingerprint",))
+    except CheckpointError:
+        return None
+    return state.get("run_id") if state["fingerprint"] != job_fingerprint else None
+
+
 def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, device: torch.device,
         checkpoint_path: Path, job_fingerprint: str, run_id: str | None,
         resume: dict[str, Any] | None = None,

@@ -1,15 +1,17 @@
 """Stage `evaluate`: metrics, confusion matrices, predictions, a confusion analysis and a
-reliability diagram for every trained model and every split, attached to each model's MLflow run.
-The headline numbers per model and split go to metrics/<model>/<split>.json for DVC."""
+reliability diagram for every trained model and every split. Each model gets an MLflow run of its
+own (`evaluate-<model>`, a child of its training run) with this stage's params, the splits as
+dataset inputs and every metric tied to the logged model and its split. The headline numbers per
+model and split go to metrics/<model>/<split>.json for DVC."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from fer import SPLITS, cli, tracking
-from fer.data import load_prepared
+from fer.data import data_ref, load_prepared
 from fer.evaluation_outputs import evaluation_outputs, headline
 from fer.io import atomic_dir, write_json
-from fer.params import EvaluateParams, load_section
+from fer.params import EvaluateParams, TrackingParams, load_section, section_dict
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,13 +31,20 @@ def main(argv: list[str] | None = None) -> None:
             write_json(Path(args.metrics) / name / f"{split}.json", values)
         print(f"{name}: " + "  ".join(f"{s} acc {metrics[s]['accuracy']:.4f}" for s in SPLITS))
 
-    def log_outputs(name: str) -> None:
-        for split_name, values in results[name].items():
-            tracking.log_metrics({k: v for k, v in values.items() if k != "per_class"}, prefix=f"{split_name}_")
-        tracking.log_artifacts(Path(args.out) / name, "evaluate")
+    experiment = tracking.experiment_name(load_section(TrackingParams, "tracking", args.params).experiment)
+    refs = {split: data_ref(args.data, split) for split in SPLITS}
 
-    tracking.attach_to_model_runs(Path(args.models_dir), args.models, log_outputs)
+    def log_outputs(model: tracking.TrainedModel) -> None:
+        datasets = {split: (ref, tracking.dataset(ref, splits[split].images, splits[split].labels))
+                    for split, ref in refs.items()}
+        tracking.log_datasets(tracking.active_run_id(), datasets)
+        for split, values in results[model.name].items():
+            tracking.log_metrics({k: v for k, v in values.items() if k != "per_class"}, prefix=f"{split}_",
+                                 model_id=model.model_id, dataset=datasets[split][1])
+        tracking.log_artifacts(Path(args.out) / model.name, "evaluate")
 
+    tracking.stage_runs(experiment, "evaluate", Path(args.models_dir), args.models,
+                        section_dict("evaluate", args.params), log_outputs)
 
 if __name__ == "__main__":
     cli.run(main)

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="data/prepared", help="output directory")
     args = parser.parse_args(argv)
     params = load_section(PrepareParams, "prepare", args.params)
-    experiment = load_section(TrackingParams, "tracking", args.params).experiment
+    experiment = tracking.experiment_name(load_section(TrackingParams, "tracking", args.params).experiment)
     tracking.check_reachable()
     tracking.preload()  # overlaps reading the data
     splits, report = prepare(params, Path(args.params).resolve().parent)
@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(tmp / "quality.json", report)
     for name, row in counts.items():
         print(f"{name:>10}: {row['total']:6d} images  " + " ".join(f"{k}={v}" for k, v in row.items() if k != "total"))
-    with tracking.model_run(experiment, "prepare"):
-        tracking.log_params(section_dict("prepare", args.params))
+    with tracking.new_run(experiment, "prepare", "prepare", params=section_dict("prepare", args.params)):
         tracking.log_artifact(Path(args.out) / "quality.json")
         tracking.log_artifact(Path(args.out) / "counts.json")
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from fer import IMAGE_SIZE, cli, tracking
-from fer.data import load_prepared, training_data
+from fer.data import data_ref, load_prepared, training_data
 from fer.io import atomic_dir, atomic_path, write_json, write_text
 from fer.models import ConvNet, build_model, layer_table, layer_table_markdown, save_checkpoint
 from fer.params import TrackingParams, TrainParams, load_section, section_dict
-from fer.training import (EpochRecord, FitResult, fingerprint, fit, load_resume_state, resolve_precision,
-                          seed_everything, select_device)
+from fer.training import (EpochRecord, FitResult, abandoned_run_id, fingerprint, fit, load_resume_state,
+                          resolve_precision, seed_everything, select_device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     section = f"train_{args.model}"
     params = load_section(TrainParams, section, args.params)
-    experiment = load_section(TrackingParams, "tracking", args.params).experiment
+    settings = load_section(TrackingParams, "tracking", args.params)
+    experiment = tracking.experiment_name(settings.experiment)
     tracking.check_reachable()
     out = Path(args.out or f"models/{args.model}")
     seed_everything(params.seed)
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     resume = load_resume_state(checkpoint, job)
     if resume:
         print(f"resuming {args.model} after epoch {len(resume['history'])} from {checkpoint}")
+    elif abandoned := abandoned_run_id(checkpoint, job):
+        tracking.end_run(abandoned, "KILLED")  # its params or data changed: it will never be continued
     model = build_model(params.model)
     precision = resolve_precision(params.precision, device)
     print(f"training {args.model} on {device} in {precision} "
@@ -44,11 +47,22 @@ def main(argv: list[str] | None = None) -> None:
 
     run_id = tracking.open_run(experiment, args.model, resume["run_id"] if resume else None,
                                params=section_dict(section, args.params) | {"precision_used": precision})
+    if not resume:
+        refs = {name: data_ref(args.data, name) for name in splits}
+        tracking.log_datasets(run_id, {name: (ref, tracking.dataset(ref, splits[name].images, splits[name].labels))
+                                       for name, ref in refs.items()})
     epoch_log = tracking.EpochLog(run_id, [EpochRecord(**row) for row in resume["history"]] if resume else [])
-    result = fit(model, splits["train"], splits["val"], params, device, checkpoint, job, run_id, resume,
-                 on_epoch=epoch_log)
+    try:
+        with tracking.system_metrics(run_id, resumed=resume is not None):
+            result = fit(model, splits["train"], splits["val"], params, device, checkpoint, job, run_id, resume,
+                         on_epoch=epoch_log)
+    except BaseException as error:  # diverged, out of memory, Ctrl-C: the run says so (a rerun resumes it)
+        tracking.end_run(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
     model.load_state_dict(result.best_state)
-    write_outputs(out, model, params, result, run_id, experiment, args.model, training_data(args.data))
+    record = {"run_id": run_id, "experiment": experiment, "best_epoch": result.best_epoch,
+              "best_val_acc": result.best_val_acc, "precision": result.precision}
+    write_outputs(out, model, params, result, record, args.model, training_data(args.data))
     unsent = checkpoint.with_suffix(".unsent.json")
     try:
         epoch_log.send_all()
@@ -57,7 +71,10 @@ def main(argv: list[str] | None = None) -> None:
             for name in ("history.csv", "layers.json", "layers.md"):
                 tracking.log_artifact(out / name, "training")
             example = np.random.default_rng(0).random((2, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-            tracking.log_torch_model(model, params.registered_model, example)
+            info = tracking.log_torch_model(model, out / "model.pt", example)
+            tracking.register(settings.registered_model(args.model),
+                                        {"checkpoint_sha256": tracking.file_sha256(out / "model.pt")},
+                                        lambda: info.model_uri)
     except tracking.TrackingError as error:
         # The outputs are written and the resume state keeps every epoch, so a rerun sends what is
         # missing without training again; the unsent records are listed for the reader.
@@ -67,14 +84,16 @@ def main(argv: list[str] | None = None) -> None:
             f"{error}. Outputs are written; {len(epoch_log.pending)} epoch record(s) (listed in {unsent}) and the "
             f"final logging of run {run_id} are not sent; rerun `dvc repro train_{args.model}` when the store "
             f"answers to send them from {checkpoint} (training is not repeated)") from None
+    write_json(out / "run.json", record | {"model_id": info.model_id})
     checkpoint.unlink(missing_ok=True)
     unsent.unlink(missing_ok=True)
     print(f"{args.model}: best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch}; wrote {out}")
 
 
-def write_outputs(out: Path, model: ConvNet, params: TrainParams, result: FitResult, run_id: str,
-                  experiment: str, name: str, data: dict[str, str]) -> None:
-    """The stage's DVC outputs, as one atomic directory swap."""
+def write_outputs(out: Path, model: ConvNet, params: TrainParams, result: FitResult, record: dict,
+                  name: str, data: dict[str, str]) -> None:
+    """The stage's DVC outputs, as one atomic directory swap; `run.json` gets the logged model's
+    id once the store has it."""
     rows = layer_table(model)
     with atomic_dir(out) as tmp:
         save_checkpoint(model, params.model, tmp / "model.pt", best_epoch=result.best_epoch, data=data)
@@ -85,9 +104,7 @@ def write_outputs(out: Path, model: ConvNet, params: TrainParams, result: FitRes
         write_json(tmp / "layers.json", {"layers": [dataclasses.asdict(r) for r in rows],
                                          "total_parameters": sum(r.parameters for r in rows)})
         write_text(tmp / "layers.md", layer_table_markdown(rows, f"{name} layers"))
-        write_json(tmp / "run.json", {"run_id": run_id, "experiment": experiment,
-                                      "best_epoch": result.best_epoch,
-                                      "best_val_acc": result.best_val_acc, "precision": result.precision})
+        write_json(tmp / "run.json", record)
 
 if __name__ == "__main__":
     cli.run(main)

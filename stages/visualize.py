@@ -1,14 +1,15 @@
 """Stage `visualize`: saliency maps (five methods, checked by sanity numbers) for one model and
-filter atlases of chosen conv layers for another, with the raw arrays and image indices,
-attached to each model's MLflow run."""
+filter atlases of chosen conv layers for another, with the raw arrays and image indices. Each
+explained model gets an MLflow run of its own (`visualize-<model>`, a child of its training run)
+with this stage's params; the sanity numbers are tied to the logged model and the validation split."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from fer import cli, tracking
-from fer.data import load_split
+from fer.data import data_ref, load_split
 from fer.io import atomic_dir, write_json
-from fer.params import VisualizeParams, load_section
+from fer.params import TrackingParams, VisualizeParams, load_section, section_dict
 from fer.training import seed_everything
 from fer.visual_outputs import filter_outputs, saliency_outputs, sanity_headline
 
@@ -29,12 +30,18 @@ def main(argv: list[str] | None = None) -> None:
     for method, values in sanity_headline(sanity).items():
         write_json(Path(args.metrics) / "saliency" / f"{method}.json", values)
 
-    def log_outputs(name: str) -> None:
-        tracking.log_artifacts(Path(args.out) / name, "visualize")
-        if name == params.saliency_model:
-            tracking.log_metrics(sanity, prefix="saliency_")
+    experiment = tracking.experiment_name(load_section(TrackingParams, "tracking", args.params).experiment)
+    ref = data_ref(args.data, "val")
 
-    tracking.attach_to_model_runs(models_dir, sorted({params.saliency_model, params.filters_model}), log_outputs)
+    def log_outputs(model: tracking.TrainedModel) -> None:
+        tracking.log_artifacts(Path(args.out) / model.name, "visualize")
+        if model.name == params.saliency_model:
+            validation = tracking.dataset(ref, val.images, val.labels)
+            tracking.log_datasets(tracking.active_run_id(), {"val": (ref, validation)})
+            tracking.log_metrics(sanity, prefix="saliency_", model_id=model.model_id, dataset=validation)
+
+    tracking.stage_runs(experiment, "visualize", models_dir, sorted({params.saliency_model, params.filters_model}),
+                        section_dict("visualize", args.params), log_outputs)
     print(f"wrote {args.out}: saliency of {params.saliency_model}, filters of {params.filters_model}")
 
 

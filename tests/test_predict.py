@@ -19,7 +19,7 @@ from fer.data.synthetic import generate_split
 from fer.faces import CanvasParams, DetectorParams, box_iou, compose_canvas, crop_faces, detect_faces, is_face_crop
 from fer.models import build_model, save_checkpoint
 from fer.params import ModelParams
-from fer.predict import (NO_FACE, ROW_FIELDS, face_probabilities, load_predictor, main, params_from_state_dict,
+from fer.predict import (NO_FACE, ROW_FIELDS, face_probabilities, load_predictor, main,
                          predict_image, probabilities, round_trip, round_trip_summary)
 from tests.conftest import FER2013, ROOT, png_declaring
 
@@ -218,12 +218,6 @@ def test_help_and_exit_status_from_the_shell(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "fer.predict", str(tmp_path / "none.png"), "--out",
                              str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.strip() == f"error: {tmp_path / 'none.png'}: no such file or folder"
-
-
-def test_architecture_read_back_from_weights() -> None:
-    for arch in ("cnn4", "cnn3"):
-        params = ModelParams(arch=arch, batch_norm=arch == "cnn4", dropout_conv=0.0, dropout_fc=0.0, fc_hidden=24)
-        assert params_from_state_dict(build_model(params).state_dict()) == params
 
 
 def test_detection_from_several_threads_agrees() -> None:

@@ -24,7 +24,8 @@ from fer.data.synthetic import generate_split
 from fer.faces import CanvasParams, DetectorParams, compose_canvas
 from fer.models import build_model, save_checkpoint
 from fer.params import ModelParams
-from fer.photo_model import OUTPUT_COLUMNS, BadPhoto, RequestLimits, encode_image, log_photo_model, predict_photos
+from fer.photo_model import (OUTPUT_COLUMNS, BadPhoto, RequestLimits, encode_image, predict_photos,
+                             register_photo_model)
 from fer.predict import load_predictor, probabilities
 from tests.conftest import env_with_venv, free_port, png_declaring
 
@@ -94,13 +95,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         experiment = mlflow.create_experiment("serving", artifact_location=(tmp / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment):
             example = np.random.default_rng(0).random((2, 1, 48, 48), dtype=np.float32)
-            tracking.log_torch_model(model, TENSOR_NAME, example)
-            log_photo_model(checkpoint, PHOTO_NAME)
-        uris = [f"models:/{TENSOR_NAME}/1", f"models:/{PHOTO_NAME}/1"]
+            info = tracking.log_torch_model(model, checkpoint, example)
+            tracking.register(TENSOR_NAME, {"checkpoint_sha256": tracking.file_sha256(checkpoint)},
+                              lambda: info.model_uri)
+            register_photo_model(checkpoint, PHOTO_NAME)
+        uris = [f"models:/{TENSOR_NAME}@champion", f"models:/{PHOTO_NAME}@champion"]
         in_process = mlflow.pyfunc.load_model(uris[1])
         with _servers(uris, tracking_uri, tmp) as urls:
             yield {"model": model, "tensor_url": urls[0], "photo_url": urls[1], "photo_pyfunc": in_process,
-                   "tracking_uri": tracking_uri}
+                   "tracking_uri": tracking_uri, "checkpoint": checkpoint, "experiment": experiment}
     finally:
         mlflow.set_tracking_uri(previous)
 
@@ -178,10 +181,38 @@ def test_photo_model_refuses_requests_over_its_limits(served: dict) -> None:
 
 
 def test_predict_loads_both_registered_models(served: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--model models:/<name>/<version>` gives the checkpoint's network back, from either model."""
+    """`--model` with an MLflow URI in each documented form gives the checkpoint's network back,
+    from either model."""
+    from mlflow.tracking import MlflowClient
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", served["tracking_uri"])
     crops = generate_split(7, seed=6).images
     expected = probabilities(served["model"], crops, torch.device("cpu"))
-    for uri in (f"models:/{TENSOR_NAME}/1", f"models:/{PHOTO_NAME}/1"):
+    [tensor] = MlflowClient(served["tracking_uri"]).search_model_versions(f"name = '{TENSOR_NAME}'")
+    for uri in (f"models:/{TENSOR_NAME}@champion", f"models:/{PHOTO_NAME}@champion", f"models:/{TENSOR_NAME}/latest",
+                f"models:/{PHOTO_NAME}/latest", f"models:/{TENSOR_NAME}/1", f"runs:/{tensor.run_id}/model"):
         np.testing.assert_allclose(probabilities(load_predictor(uri), crops, torch.device("cpu")), expected,
                                    atol=1e-6, err_msg=uri)
+
+
+def test_unchanged_weights_register_no_new_version(served: dict) -> None:
+    """Registering the same checkpoint with the same settings again finds the existing version
+    (tagged with the checkpoint's sha256) and logs nothing; other settings make a new version."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from fer import tracking
+
+    client = MlflowClient(served["tracking_uri"])
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(served["tracking_uri"])
+    try:
+        with mlflow.start_run(experiment_id=served["experiment"]) as again:
+            assert register_photo_model(served["checkpoint"], PHOTO_NAME) == "1"
+        assert client.get_run(again.info.run_id).outputs.model_outputs == []  # nothing logged
+        with mlflow.start_run(experiment_id=served["experiment"]):
+            assert register_photo_model(served["checkpoint"], PHOTO_NAME, limits=RequestLimits(max_images=4)) == "2"
+        assert str(client.get_model_version_by_alias(PHOTO_NAME, tracking.CHAMPION).version) == "2"
+        assert len(client.search_model_versions(f"name = '{PHOTO_NAME}'")) == 2
+    finally:
+        mlflow.set_tracking_uri(previous)
