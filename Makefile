@@ -4,7 +4,7 @@ BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup plots-page run test clean-mlflow mlflow-server mlflow-server-stop pretrained help
+.PHONY: setup plots-page run test clean-mlflow prune-mlflow mlflow-server mlflow-server-stop pretrained help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ test: setup  ## run the test suite (what CI runs)
 
 clean-mlflow:  ## delete the local MLflow store (runs, artifacts, registered models)
 	rm -rf mlflow.db mlflow.db-wal mlflow.db-shm mlartifacts
+
+prune-mlflow: $(STAMP)  ## delete registered versions without an alias and superseded runs, then mlflow gc
+	scripts/prune-mlflow
 
 # A shared tracking server (docs/team.md). Settings: MLFLOW_PORT, MLFLOW_SERVER_DIR, MLFLOW_BACKEND
 # (auto|postgres|sqlite), PG_PORT; see scripts/mlflow-server.

@@ -1,7 +1,13 @@
-"""Everything MLflow: where the store is, runs, and logging that survives a store outage.
+"""MLflow for the stages: where the store is, runs and their lineage (context tags, dataset
+inputs, logged models as inputs), the registry, and logging that survives a store outage.
 
-The only module that uses mlflow, and it imports it lazily, so that the library (and the
-`prepare` stage's start-up) stays fast and testable without a tracking store.
+mlflow is imported lazily, so that the library (and the `prepare` stage's start-up) stays fast
+and testable without a tracking store.
+
+The layout (docs/pipeline.md): one training run per model (`cnn4`, its params, datasets,
+per-epoch and system metrics, the logged and registered model); each later stage logs into new
+runs of its own (`evaluate-<model>` and `visualize-<model>`, children of the training run, and
+`report`), never into the training run.
 
 Two deployments, one code path:
 - **local** (the default): the SQLite file `mlflow.db` at the DVC root (`DVC_ROOT`, set by DVC
@@ -348,6 +354,12 @@ def system_metrics(run_id: str, resumed: bool) -> Iterator[None]:
         yield
     finally:
         monitor.finish()
+        try:  # the last, partial interval too: a training shorter than one interval gets one sample
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as error:  # noqa: BLE001 - system metrics never fail a training
+            log.warning("system metrics of run %s not sent (%s)", run_id, str(error).splitlines()[0][:200])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -600,3 +612,32 @@ class EpochLog:
         if not self.flush():
             raise TrackingError(f"{len(self.pending)} epoch record(s) could not be sent to {self.uri} "
                                 f"({self.last_error})")
+
+
+def prune(experiment: str) -> tuple[int, int]:
+    """Mark for deletion what a store no longer needs: every registered version that no alias
+    names (the `@champion`s stay), and every run of `experiment` that is older than the newest
+    run of its name and that no remaining version comes from, with the models it logged. Returns
+    (versions, runs) deleted; `mlflow gc` then removes the marked runs and their files for good."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    kept_runs, versions = set(), 0
+    for model in client.search_registered_models():
+        aliased = {str(v) for v in client.get_registered_model(model.name).aliases.values()}
+        for version in client.search_model_versions(f"name = '{model.name}'"):
+            if str(version.version) in aliased:
+                kept_runs.add(version.run_id)
+            else:
+                client.delete_model_version(model.name, version.version)
+                versions += 1
+    found = client.get_experiment_by_name(experiment)
+    newest, runs = set(), 0
+    for run in client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"]) if found else []:
+        if run.info.run_name in newest and run.info.run_id not in kept_runs:
+            for output in client.get_run(run.info.run_id).outputs.model_outputs:
+                client.delete_logged_model(output.model_id)
+            client.delete_run(run.info.run_id)
+            runs += 1
+        newest.add(run.info.run_name)
+    return versions, runs

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "fer")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "fer", "scripts")
 FER2013 = ROOT.parent / "shared" / "data" / "fer2013.csv.gz"
 REAL_PHOTOS = ROOT.parent / "shared" / "realphotos-dev"  # annotated real photos, read in place
 
@@ -41,7 +41,8 @@ def env_with_venv() -> dict[str, str]:
     """The environment for subprocesses: this interpreter's bin first on PATH (so `dvc` and the
     stages' `python` are the project's), no inherited MLflow or DVC location."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE")}
+           if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME",
+                        "DVC_EXP_BASELINE_REV")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
                GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")

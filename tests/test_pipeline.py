@@ -1,110 +1,285 @@
 """End to end: the real `dvc repro` on tiny data in a temporary git + DVC repository, checked
-through the files, DVC itself and the MLflow client."""
+through the files, DVC itself and the MLflow client. One pipeline run is shared by the tests of
+this module; the tests that change the project come last, in file order."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run, tiny_params, write_params
+from tests.conftest import env_with_venv, make_tiny_project, run, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
+
+MODELS = ("cnn4", "cnn3")
+PREFIX = tiny_params()["tracking"]["registered_model_prefix"]
 
 
 def stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def test_pipeline_end_to_end(tiny_project: Path) -> None:
-    first = run(["dvc", "repro"], tiny_project)
-    assert stages_run(first.stdout) == ["prepare", "train_cnn4", "train_cnn3", "evaluate", "visualize", "report"]
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The code committed, then `dvc repro` (system metrics sampled every second, so that the
+    short trainings get some), then the outputs committed as the baseline."""
+    project = make_tiny_project(tmp_path_factory.mktemp("pipeline") / "project")
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "code"], project)
+    code_commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    first = run(["dvc", "repro"], project, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(tiny_params()["tracking"]["experiment"])
+    assert experiment is not None
+    return {"project": project, "output": first.stdout, "code_commit": code_commit, "client": client,
+            "experiment": experiment}
+
+
+def runs_by_name(pipeline: dict, experiment_id: str | None = None) -> dict:
+    """The newest run of each name (search_runs lists the newest first)."""
+    found = pipeline["client"].search_runs([experiment_id or pipeline["experiment"].experiment_id])
+    return {r.info.run_name: r for r in reversed(found)}
+
+
+def prepared_md5s(project: Path) -> dict[str, str]:
+    """The md5 DVC records for each file of data/prepared (its directory listing in the cache)."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    listing_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
+    listing = project / ".dvc" / "cache" / "files" / "md5" / listing_md5[:2] / listing_md5[2:]
+    return {entry["relpath"]: entry["md5"] for entry in json.loads(listing.read_text())}
+
+
+def test_every_stage_runs_and_writes_its_outputs(pipeline: dict) -> None:
+    project = pipeline["project"]
+    assert stages_run(pipeline["output"]) == ["prepare", "train_cnn4", "train_cnn3", "evaluate", "visualize", "report"]
     for path in ("data/prepared/train.npz", "models/cnn4/model.pt", "models/cnn3/history.csv",
                  "metrics/cnn4/test.json", "metrics/cnn3/val.json", "metrics/saliency/gradient.json",
                  "results/evaluate/cnn4/confusion_val.png",
                  "results/visualize/cnn3/saliency.png", "results/visualize/cnn4/features_1_0/atlas_01.png",
                  "results/visualize/cnn4/features_3_0/atlas_08.png", "results/visualize/cnn4/feature_maps.png",
                  "dvc.lock"):
-        assert (tiny_project / path).is_file(), path
+        assert (project / path).is_file(), path
+    sanity = json.loads((project / "results" / "visualize" / "cnn3" / "sanity.json").read_text())
+    assert sanity["occlusion"]["images"] == min(tiny_params()["visualize"]["occlusion_images"], sanity["images"])
+    assert_report_matches_metrics(project)
+    assert stages_run(run(["dvc", "repro"], project).stdout) == []  # a second repro is a no-op
 
-    # MLflow: one run per model in the experiment of params.yaml, per-epoch metrics, artifacts.
-    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(tiny_params()["tracking"]["experiment"])
-    assert experiment is not None
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert {"cnn4", "cnn3", "prepare"} <= set(runs)
+
+def test_training_runs_record_their_data_params_and_provenance(pipeline: dict) -> None:
+    client, project = pipeline["client"], pipeline["project"]
+    runs = runs_by_name(pipeline)
+    md5 = prepared_md5s(project)
     epochs = tiny_params()["train_cnn4"]["epochs"]
-    for name in ("cnn4", "cnn3"):
-        run_info = runs[name]
+    for name in MODELS:
+        run_info = client.get_run(runs[name].info.run_id)
+        assert run_info.info.status == "FINISHED"
         assert run_info.data.params["lr"] == str(tiny_params()[f"train_{name}"]["lr"])
-        assert run_info.data.tags["dvc_stage"] == f"train_{name}"
+        assert "registered_model_prefix" not in json.dumps(run_info.data.params)
+        tags = run_info.data.tags
+        assert tags["dvc_stage"] == f"train_{name}" and tags["model"] == name
+        assert tags["mlflow.user"] not in ("", "unknown") and tags["mlflow.source.name"].endswith("stages/train.py")
+        assert tags["mlflow.source.git.commit"] == tags["git_commit"] == pipeline["code_commit"]
         for metric in ("train_loss", "train_acc", "val_loss", "val_acc"):
             steps = [m.step for m in client.get_metric_history(run_info.info.run_id, metric)]
             assert sorted(steps) == list(range(1, epochs + 1)), (name, metric, steps)
-        assert "val_accuracy" in run_info.data.metrics and "test_macro_f1" in run_info.data.metrics
-        evaluate = {Path(a.path).name for a in client.list_artifacts(run_info.info.run_id, "evaluate")}
-        assert {"confusion_train.png", "confusion_val.png", "analysis.md", "metrics.json"} <= evaluate
-    visual_cnn3 = {Path(a.path).name for a in client.list_artifacts(runs["cnn3"].info.run_id, "visualize")}
-    assert {"saliency.png", "saliency.npz", "sanity.json"} <= visual_cnn3
-    for layer in ("features_1_0", "features_3_0"):  # the two layers named in tiny params' filters_layers
-        atlas = {Path(a.path).name for a in client.list_artifacts(runs["cnn4"].info.run_id, f"visualize/{layer}")}
-        assert {"filters.png", "filters.npz", "atlas_01.png", "activation_histogram.png"} <= atlas, layer
-    sanity = json.loads((tiny_project / "results" / "visualize" / "cnn3" / "sanity.json").read_text())
-    assert sanity["occlusion"]["images"] == min(tiny_params()["visualize"]["occlusion_images"], sanity["images"])
+        assert "system/cpu_utilization_percentage" in run_info.data.metrics
+        assert "test_accuracy" not in run_info.data.metrics  # evaluation has runs of its own
+        # The training and validation splits as dataset inputs: digest = DVC's md5 of the file.
+        inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+                  for i in run_info.inputs.dataset_inputs}
+        assert set(inputs) == {"training", "validation"}
+        for context, split in (("training", "train"), ("validation", "val")):
+            assert inputs[context].name == f"synthetic:{split}"
+            assert inputs[context].digest == md5[f"{split}.npz"]
+        recorded = json.loads((project / "models" / name / "run.json").read_text())
+        assert recorded["run_id"] == run_info.info.run_id
+        logged = client.get_logged_model(recorded["model_id"])
+        assert logged.source_run_id == run_info.info.run_id
+    data = torch.load(project / "models" / "cnn4" / "model.pt", weights_only=True)["data"]
+    assert data["source_kind"] == "synthetic" and len(data["prepared_sha256"]) == 64
 
-    # The registered model predicts through MLflow's generic interface on any batch size.
+
+def test_evaluation_and_visualisation_log_into_runs_of_their_own(pipeline: dict) -> None:
+    client, project = pipeline["client"], pipeline["project"]
+    runs = runs_by_name(pipeline)
+    for name in MODELS:
+        training = runs[name]
+        model_id = json.loads((project / "models" / name / "run.json").read_text())["model_id"]
+        evaluate = client.get_run(runs[f"evaluate-{name}"].info.run_id)
+        assert evaluate.data.tags["mlflow.parentRunId"] == training.info.run_id
+        assert evaluate.data.params == {k: str(v) for k, v in tiny_params()["evaluate"].items()}
+        assert [m.model_id for m in evaluate.inputs.model_inputs] == [model_id]
+        assert {d.dataset.name for d in evaluate.inputs.dataset_inputs} == {f"synthetic:{s}" for s in ("train", "val", "test")}
+        assert "val_accuracy" in evaluate.data.metrics and "test_macro_f1" in evaluate.data.metrics
+        artifacts = {Path(a.path).name for a in client.list_artifacts(evaluate.info.run_id, "evaluate")}
+        assert {"confusion_train.png", "confusion_val.png", "analysis.md", "metrics.json"} <= artifacts
+        # The metrics are the model's, each tied to the split it measures.
+        on_model = {(m.key, m.dataset_name): m.value for m in client.get_logged_model(model_id).metrics}
+        expected = json.loads((project / "results" / "evaluate" / name / "metrics.json").read_text())
+        assert on_model[("test_accuracy", "synthetic:test")] == pytest.approx(expected["test"]["accuracy"])
+        assert ("val_accuracy", "synthetic:val") in on_model
+    visual_cnn3 = runs["visualize-cnn3"]
+    assert visual_cnn3.data.tags["mlflow.parentRunId"] == runs["cnn3"].info.run_id
+    assert visual_cnn3.data.params["ig_steps"] == str(tiny_params()["visualize"]["ig_steps"])
+    assert {Path(a.path).name for a in client.list_artifacts(visual_cnn3.info.run_id, "visualize")} >= {
+        "saliency.png", "saliency.npz", "sanity.json"}
+    assert "saliency_gradient.deletion_auc" in visual_cnn3.data.metrics
+    for layer in ("features_1_0", "features_3_0"):  # the two layers named in tiny params' filters_layers
+        atlas = {Path(a.path).name for a in client.list_artifacts(runs["visualize-cnn4"].info.run_id,
+                                                                     f"visualize/{layer}")}
+        assert {"filters.png", "filters.npz", "atlas_01.png", "activation_histogram.png"} <= atlas, layer
+    report = runs["report"]
+    assert {Path(a.path).name for a in client.list_artifacts(report.info.run_id, "report")} >= {"report.html",
+                                                                                                "report.md"}
+
+
+def test_registry_names_the_champions(pipeline: dict) -> None:
+    """`@champion` resolves for each tensor model and for cnn4's photo model, which bundles the
+    shipped FER2013 weights (the models were trained on synthetic faces); no cnn3 weights ship."""
     import mlflow
     import numpy as np
 
-    mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{tiny_params()['train_cnn4']['registered_model']}/1")
-    assert pyfunc.predict(np.random.default_rng(0).random((3, 1, 48, 48), dtype=np.float32)).shape == (3, 7)
-    # Trained on synthetic faces: the checkpoint says so, and the photo model of cnn4 (registered by
-    # the report stage in cnn4's run) bundles the shipped FER2013 weights; no cnn3 weights ship.
-    import torch
-
     from fer.pretrained import DEFAULT_MODEL
 
-    data = torch.load(tiny_project / "models" / "cnn4" / "model.pt", weights_only=True)["data"]
-    assert data["source_kind"] == "synthetic" and len(data["prepared_sha256"]) == 64
-    registered = tiny_params()["train_cnn4"]["registered_model"]
-    [version] = client.search_model_versions(f"name = '{registered}-photo'")
-    assert version.run_id == runs["cnn4"].info.run_id
-    bundled = Path(mlflow.artifacts.download_artifacts(f"models:/{registered}-photo/{version.version}"))
+    client, project = pipeline["client"], pipeline["project"]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{PREFIX}cnn4@champion")
+    assert pyfunc.predict(np.random.default_rng(0).random((3, 1, 48, 48), dtype=np.float32)).shape == (3, 7)
+    for name in MODELS:
+        champion = client.get_model_version_by_alias(f"{PREFIX}{name}", "champion")
+        recorded = json.loads((project / "models" / name / "run.json").read_text())
+        assert champion.run_id == recorded["run_id"]
+        checkpoint = (project / "models" / name / "model.pt").read_bytes()
+        assert champion.tags["checkpoint_sha256"] == hashlib.sha256(checkpoint).hexdigest()
+    photo = client.get_model_version_by_alias(f"{PREFIX}cnn4-photo", "champion")
+    assert photo.run_id == runs_by_name(pipeline)["report"].info.run_id
+    bundled = Path(mlflow.artifacts.download_artifacts(f"models:/{PREFIX}cnn4-photo@champion"))
     assert (bundled / "artifacts" / "model.pt").read_bytes() == DEFAULT_MODEL.read_bytes()
-    assert not client.search_registered_models(f"name = '{tiny_params()['train_cnn3']['registered_model']}-photo'")
+    assert (bundled / "photo_pyfunc.py").is_file() and not list(bundled.glob("*.pkl"))  # models from code
+    assert not client.search_registered_models(f"name = '{PREFIX}cnn3-photo'")
 
-    assert_report_matches_metrics(tiny_project)
 
-    # A second repro is a no-op.
-    again = run(["dvc", "repro"], tiny_project)
-    assert stages_run(again.stdout) == []
+def test_dvc_exp_show_names_each_models_run(pipeline: dict) -> None:
+    shown = run(["dvc", "exp", "show", "--json"], pipeline["project"]).stdout
+    for name in MODELS:
+        run_id = json.loads((pipeline["project"] / "models" / name / "run.json").read_text())["run_id"]
+        assert run_id in shown, name
+    table = run(["dvc", "exp", "show", "--no-pager", "--md"], pipeline["project"]).stdout
+    assert "run_id" in table
 
-    # Commit, change one CNN3 training param: only train_cnn3 and what is downstream reruns,
-    # and DVC reports the params and metrics change against the commit.
-    run(["git", "add", "-A"], tiny_project)
-    run(["git", "commit", "-qm", "baseline"], tiny_project)
-    report_before = (tiny_project / "reports" / "report.md").read_text()
-    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+
+def test_renaming_the_experiment_retrains_nothing_and_registers_nothing(pipeline: dict) -> None:
+    client, project = pipeline["client"], pipeline["project"]
+    versions_before = {m.name: len(client.search_model_versions(f"name = '{m.name}'"))
+                       for m in client.search_registered_models()}
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["tracking"]["experiment"] = "renamed"
+    write_params(project / "params.yaml", params)
+    try:
+        assert stages_run(run(["dvc", "repro"], project).stdout) == ["report"]  # it prints params.yaml whole
+        renamed = client.get_experiment_by_name("renamed")
+        assert set(runs_by_name(pipeline, renamed.experiment_id)) == {"report"}
+        assert {m.name: len(client.search_model_versions(f"name = '{m.name}'"))
+                for m in client.search_registered_models()} == versions_before
+    finally:
+        run(["git", "checkout", "params.yaml"], project)
+
+
+def test_one_changed_training_param_reruns_its_model_only(pipeline: dict) -> None:
+    """Only train_cnn3 and what is downstream reruns, and DVC reports the params and metrics change
+    against the commit."""
+    project = pipeline["project"]
+    report_before = (project / "reports" / "report.md").read_text()
+    params = yaml.safe_load((project / "params.yaml").read_text())
     params["train_cnn3"]["lr"] = 0.0005
-    write_params(tiny_project / "params.yaml", params)
-    changed = run(["dvc", "repro"], tiny_project)
+    write_params(project / "params.yaml", params)
+    changed = run(["dvc", "repro"], project)
     assert stages_run(changed.stdout) == ["train_cnn3", "evaluate", "visualize", "report"]
-    assert (tiny_project / "reports" / "report.md").read_text() != report_before
-    assert_report_matches_metrics(tiny_project)
-    assert "train_cnn3.lr" in run(["dvc", "params", "diff"], tiny_project).stdout
-    assert "metrics/cnn3/val.json" in run(["dvc", "metrics", "diff"], tiny_project).stdout
-    runs_after = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "cnn3"]
-    assert len(runs_after) == 2
+    assert (project / "reports" / "report.md").read_text() != report_before
+    assert_report_matches_metrics(project)
+    assert "train_cnn3.lr" in run(["dvc", "params", "diff"], project).stdout
+    assert "metrics/cnn3/val.json" in run(["dvc", "metrics", "diff"], project).stdout
+    client = pipeline["client"]
+    cnn3_runs = [r for r in client.search_runs([pipeline["experiment"].experiment_id]) if r.info.run_name == "cnn3"]
+    assert len(cnn3_runs) == 2
+    assert len(client.search_model_versions(f"name = '{PREFIX}cnn3'")) == 2
+
+
+def test_pruning_keeps_the_champions_and_drops_superseded_runs(pipeline: dict) -> None:
+    """After the retrained cnn3, its first version (no alias) and first training run go; every
+    `@champion` and the newest run of each name stay."""
+    client, project = pipeline["client"], pipeline["project"]
+    experiment_id = pipeline["experiment"].experiment_id
+    champions = {m.name: client.get_registered_model(m.name).aliases["champion"]
+                 for m in client.search_registered_models()}
+    newest = {name: r.info.run_id for name, r in runs_by_name(pipeline).items()}
+    result = run(["python", "scripts/prune-mlflow"], project)
+    assert "deleted 1 registered version(s)" in result.stdout
+    assert {m.name: client.get_registered_model(m.name).aliases["champion"]
+            for m in client.search_registered_models()} == champions
+    assert [v.version for v in client.search_model_versions(f"name = '{PREFIX}cnn3'")] == [champions[f"{PREFIX}cnn3"]]
+    remaining = {r.info.run_id for r in client.search_runs([experiment_id])}
+    assert set(newest.values()) <= remaining
+    assert len([r for r in client.search_runs([experiment_id]) if r.info.run_name == "cnn3"]) == 1
+    assert pipeline["client"].get_model_version_by_alias(f"{PREFIX}cnn4-photo", "champion")
+
+
+def training_command(project: Path, params_file: str, name: str) -> list[str]:
+    """The training stage run by hand, beside the pipeline's outputs."""
+    return ["python", "-m", "stages.train", "--model", "cnn4", "--params", params_file,
+            "--out", f"scratch/{name}", "--checkpoints", f"scratch/{name}-checkpoints"]
+
+
+def newest_cnn4_run(pipeline: dict):
+    return pipeline["client"].search_runs([pipeline["experiment"].experiment_id], "attributes.run_name = 'cnn4'",
+                                          order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+
+def test_a_diverging_training_leaves_its_run_failed(pipeline: dict) -> None:
+    project = pipeline["project"]
+    write_params(project / "diverging.yaml", tiny_params(train_cnn4={"lr": 1e12}))
+    result = run(training_command(project, "diverging.yaml", "diverging"), project, check=False)
+    assert result.returncode == 1 and "non-finite training loss" in result.stderr
+    assert newest_cnn4_run(pipeline).info.status == "FAILED"
+
+
+def test_an_interrupted_training_is_killed_then_resumed_to_finished(pipeline: dict) -> None:
+    project = pipeline["project"]
+    write_params(project / "long.yaml", tiny_params(train_cnn4={"epochs": 12}))
+    command = training_command(project, "long.yaml", "long")
+    process = subprocess.Popen(command, cwd=project, env=env_with_venv(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    checkpoint = project / "scratch" / "long-checkpoints" / "cnn4.pt"
+    deadline = time.time() + 300
+    while not checkpoint.is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0 and checkpoint.is_file(), output
+    interrupted = newest_cnn4_run(pipeline)
+    assert interrupted.info.status == "KILLED"
+    resumed = run(command, project)
+    assert "resuming cnn4 after epoch" in resumed.stdout
+    final = pipeline["client"].get_run(interrupted.info.run_id)
+    assert final.info.status == "FINISHED"
+    steps = [m.step for m in pipeline["client"].get_metric_history(final.info.run_id, "val_acc")]
+    assert steps == list(range(1, 13))
 
 
 def assert_report_matches_metrics(project: Path) -> None:
     """Every section present, every image embedded, no external URL, numbers = metrics files."""
-    import json
-
     from fer.report import SECTIONS, SUMMARY_METRICS
 
     page = (project / "reports" / "report.html").read_text()
@@ -117,7 +292,7 @@ def assert_report_matches_metrics(project: Path) -> None:
     assert not re.search(r"https?://", page)
     assert not re.search(r'(src|href)="(?!data:)', page)
     assert "<math" in page and "$$" not in page
-    for model in ("cnn4", "cnn3"):
+    for model in MODELS:
         metrics = json.loads((project / "results" / "evaluate" / model / "metrics.json").read_text())
         for split in ("train", "val", "test"):
             row = f"| {split} | " + " | ".join(f"{metrics[split][m]:.4f}" for m in SUMMARY_METRICS) + " |"

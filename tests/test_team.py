@@ -93,12 +93,17 @@ def test_pipeline_logs_everything_to_the_tracking_server(team: dict) -> None:
         assert runs[name].info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(run_id, "val_acc")]
         assert steps == list(range(1, epochs + 1)), (name, steps)
-        assert "test_accuracy" in runs[name].data.metrics
+        assert "test_accuracy" in runs[f"evaluate-{name}"].data.metrics
         # The artifacts are files in the server's artifact destination, not in the clone.
-        stored = {p.name for p in (server.artifacts / experiment.experiment_id / run_id).rglob("*") if p.is_file()}
-        assert {"confusion_val.png", "history.csv", "report.html"} <= stored, (name, sorted(stored)[:20])
-        registered = client.get_registered_model(team_params()[f"train_{name}"]["registered_model"])
-        assert registered.latest_versions and registered.latest_versions[0].run_id == run_id
+        for run_name, expected in ((name, "history.csv"), (f"evaluate-{name}", "confusion_val.png"),
+                                   ("report", "report.html")):
+            stored = {p.name for p in (server.artifacts / experiment.experiment_id / runs[run_name].info.run_id
+                                       ).rglob("*") if p.is_file()}
+            assert expected in stored, (run_name, sorted(stored)[:20])
+        registered = f"{team_params()['tracking']['registered_model_prefix']}{name}"
+        versions = client.search_model_versions(f"name = '{registered}'", order_by=["version_number DESC"])
+        assert versions and versions[0].run_id == run_id
+        assert client.get_model_version_by_alias(registered, "champion").run_id == run_id
 
 
 def test_second_clone_pulls_outputs_and_runs_nothing(team: dict) -> None:
@@ -114,6 +119,11 @@ def test_queued_sweep_and_experiments_from_two_machines(team: dict) -> None:
     machine_a = clone(team, "machine-a")
     for lr in QUEUED_LRS:
         run(["dvc", "exp", "run", "--queue", "-S", f"train_cnn3.lr={lr}"], machine_a, env=env)
+    # The workspace moves on before the queue runs: the runs must name the commit they ran.
+    baseline = run(["git", "rev-parse", "HEAD"], machine_a).stdout.strip()
+    (machine_a / "NOTES.md").write_text("a commit made while experiments wait in the queue\n")
+    run(["git", "add", "NOTES.md"], machine_a)
+    run(["git", "commit", "-qm", "notes"], machine_a)
     run(["dvc", "queue", "start", "-j", "2"], machine_a, env=env | {"OMP_NUM_THREADS": "1"})
     wait_for_queue(machine_a, timeout_s=900, experiments=len(QUEUED_LRS))
     names_a = experiment_names(machine_a)
@@ -146,10 +156,13 @@ def test_queued_sweep_and_experiments_from_two_machines(team: dict) -> None:
     for name in [*names_a, "machine-b-exp"]:
         assert tagged[name].info.status == "FINISHED"
         assert float(tagged[name].data.params["lr"]) in (*QUEUED_LRS, MACHINE_B_LR)
+    for name in names_a:
+        tags = tagged[name].data.tags
+        assert tags["git_commit"] == tags["mlflow.source.git.commit"] == baseline, name
 
 
 def experiment_names(project: Path) -> list[str]:
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    shown = json.loads(run(["dvc", "exp", "show", "--json", "--all-commits"], project).stdout)
     return [exp["name"] for commit in shown for exp in (commit.get("experiments") or []) if exp.get("name")]
 
 

@@ -98,3 +98,70 @@ def test_concurrent_writers_to_one_sqlite_store_lose_nothing(store: str) -> None
     for out, _ in results:
         steps = [m.step for m in client.get_metric_history(out.strip(), "val_acc")]
         assert steps == list(range(1, 21))
+
+
+def test_a_relative_sqlite_store_is_taken_from_the_project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `dvc exp run --temp` and the queue the working directory is a throw-away copy."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///stores/team.db?timeout=30")
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/stores/team.db?timeout=30"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
+    assert tracking.tracking_uri() == "sqlite:////elsewhere/mlflow.db"
+
+
+def test_mlflow_experiment_name_overrides_the_configured_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    assert tracking.experiment_name("fer-pipeline") == "fer-pipeline"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "mine")
+    assert tracking.experiment_name("fer-pipeline") == "mine"
+
+
+def test_runs_carry_context_tags_and_the_experiments_baseline_commit(store: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    baseline = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", baseline)
+    monkeypatch.setenv("DVC_STAGE", "train_cnn4")
+    tags = MlflowClient(store).get_run(tracking.open_run("exp", "cnn4")).data.tags
+    assert tags["git_commit"] == tags["mlflow.source.git.commit"] == baseline
+    assert tags["dvc_stage"] == "train_cnn4" and tags["model"] == "cnn4"
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
+
+
+def test_a_failed_run_is_marked_and_a_resumed_one_runs_again(store: str) -> None:
+    client = MlflowClient(store)
+    run_id = tracking.open_run("exp", "cnn4")
+    tracking.end_run(run_id, "KILLED")
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert tracking.open_run("exp", "cnn4", run_id=run_id) == run_id  # a resumed training continues it
+    assert client.get_run(run_id).info.status == "RUNNING"
+    tracking.end_run(run_id, "FAILED")
+    assert client.get_run(run_id).info.status == "FAILED"
+
+
+def test_marking_a_run_when_the_server_is_down_only_warns(monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with caplog.at_level(logging.WARNING, logger="fer.tracking"):
+        tracking.end_run("some-run", "FAILED")
+    assert any("could not mark MLflow run some-run FAILED" in r.getMessage() for r in caplog.records)
+
+
+def test_stage_runs_are_children_of_the_training_run_with_their_own_params(store: str, tmp_path: Path) -> None:
+    from fer.io import write_json
+
+    training = tracking.open_run("exp", "cnn4")
+    write_json(tmp_path / "cnn4" / "run.json", {"run_id": training})
+    seen = []
+    tracking.stage_runs("exp", "evaluate", tmp_path, ["cnn4"], {"tta_flip": True}, seen.append)
+    [model] = seen
+    assert model == tracking.TrainedModel("cnn4", training, None)
+    client = MlflowClient(store)
+    [child] = [r for r in client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+               if r.info.run_name == "evaluate-cnn4"]
+    assert child.data.tags["mlflow.parentRunId"] == training and child.data.params == {"tta_flip": "True"}
+    assert child.info.status == "FINISHED"
