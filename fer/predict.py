@@ -84,8 +84,8 @@ def _load_registered(uri: str, device: torch.device | str) -> ConvNet:
 
 
 def load_predictor(spec: str, device: torch.device | str = "cpu") -> ConvNet:
-    """The model named by `spec`: a `model.pt` path, or an MLflow model URI (`models:/fer-cnn4/latest`,
-    `models:/fer-cnn4-photo/latest`, `runs:/<id>/model`). A checkpoint is loaded weights-only; a file
+    """The model named by `spec`: a `model.pt` path, or an MLflow model URI (`models:/fer-cnn4@champion`,
+    `models:/fer-cnn4-photo@champion`, `models:/fer-cnn4/latest`, `runs:/<id>/model`). A checkpoint is loaded weights-only; a file
     that is not one raises `fer.models.CheckpointError` naming it."""
     if spec.startswith(MLFLOW_SCHEMES):
         return _load_registered(spec, device)
@@ -502,8 +502,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"video files ({', '.join(VIDEO_SUFFIXES)})")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a model.pt checkpoint (the default: the "
                         "CNN4 trained on FER2013 that ships in the package, docs/model_card.md; the pipeline's own: "
-                        "models/cnn4/model.pt), or an MLflow model URI such as models:/fer-cnn4/latest or "
-                        "models:/fer-cnn4-photo/latest")
+                        "models/cnn4/model.pt), or an MLflow model URI such as models:/fer-cnn4@champion, "
+                        "models:/fer-cnn4-photo@champion or models:/fer-cnn4/latest")
     parser.add_argument("--out", default="predictions", help="output folder")
     parser.add_argument("--no-detect", action="store_true", help="each image is one face already cropped (48x48 "
                         "grayscale images are taken as crops anyway)")
