@@ -4,7 +4,7 @@ BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup plots-page run test clean-mlflow prune-mlflow mlflow-server mlflow-server-stop pretrained help
+.PHONY: setup plots-page run test test-fast clean-mlflow prune-mlflow mlflow-server mlflow-server-stop pretrained help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -40,8 +40,13 @@ run: setup  ## run the pipeline (dvc repro) on the data selected in params.yaml
 
 # Two pytest workers (a test file stays on one), each with one compute thread: PyTorch thread
 # pools sized for the whole machine would otherwise wait on each other.
-test: setup  ## run the test suite (what CI runs)
+test: setup  ## lint, then run the test suite (what CI runs)
+	ruff check
 	OMP_NUM_THREADS=1 python -m pytest -n 2 --dist loadfile
+
+test-fast: setup  ## lint and the library tests, without the slow end-to-end runs: the inner loop
+	ruff check
+	OMP_NUM_THREADS=1 python -m pytest -n 2 --dist loadfile -m "not slow"
 
 clean-mlflow:  ## delete the local MLflow store (runs, artifacts, registered models)
 	rm -rf mlflow.db mlflow.db-wal mlflow.db-shm mlartifacts

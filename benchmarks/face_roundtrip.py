@@ -171,7 +171,8 @@ def main() -> None:
           f"{summary['agreement']:.3f} (cropping the exact pasted square: {summary['agreement_pasted_square']:.3f}), "
           f"accuracy through detection+crop {summary['accuracy_crop_detected']:.3f} "
           f"(original faces: same faces {summary['accuracy_original_detected']:.3f}, all "
-          f"{summary['accuracy_original_all']:.3f}), false detections/photo {summary['false_positives_per_canvas']:.2f}")
+          f"{summary['accuracy_original_all']:.3f}), "
+          f"false detections/photo {summary['false_positives_per_canvas']:.2f}")
     print(f"   {machine()}")
 
 

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 from fer import CLASS_NAMES  # noqa: E402
 from fer.faces import DetectorParams  # noqa: E402
 from fer.io import write_json  # noqa: E402
-from fer.pretrained import DEFAULT_MODEL  # noqa: E402
 from fer.predict import load_predictor, predict_image, read_image  # noqa: E402
+from fer.pretrained import DEFAULT_MODEL  # noqa: E402
 from fer.realphotos import AnnotatedVideo, assign, read_manifest, score_image, summarise  # noqa: E402
 
 DEFAULT_DEV = ROOT.parent / "shared" / "realphotos-dev"

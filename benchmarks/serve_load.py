@@ -48,7 +48,8 @@ def photos() -> tuple[list[str], str]:
     """Base64 photos to send: the annotated real photos when present, else synthetic ones."""
     if (DEV / "manifest.json").is_file():
         entries = [e for e in json.loads((DEV / "manifest.json").read_text()) if e["kind"] == "image"]
-        return [base64.b64encode((DEV / e["file"]).read_bytes()).decode() for e in entries], f"{len(entries)} real photos"
+        encoded = [base64.b64encode((DEV / e["file"]).read_bytes()).decode() for e in entries]
+        return encoded, f"{len(entries)} real photos"
     faces = generate_split(40, seed=0).images
     rng = np.random.default_rng(0)
     return [encode_image(compose_canvas(faces[i:i + 4], faces, rng, CanvasParams())[0]) for i in range(0, 40, 4)], \
@@ -137,7 +138,8 @@ def main() -> None:
             load_peak = peak[0]
             hostile = {}
             for name, data in (("20000x20000 PNG header", [[base64.b64encode(png_declaring(20000, 20000)).decode()]]),
-                               (f"{RequestLimits().max_images + 1} images", [[payloads[0]]] * (RequestLimits().max_images + 1))):
+                               (f"{RequestLimits().max_images + 1} images",
+                                [[payloads[0]]] * (RequestLimits().max_images + 1))):
                 started_h = time.perf_counter()
                 answer = requests.post(url, json={"dataframe_split": {"columns": ["image"], "data": data}}, timeout=60)
                 hostile[name] = {"status": answer.status_code, "seconds": time.perf_counter() - started_h,

@@ -74,7 +74,8 @@ def _split_outputs(name: str, split_name: str, split: Split, probs: np.ndarray, 
     if split_name != "val":
         return
     pairs = ev.top_confusions(matrix, params.top_confusions)
-    write_text(out / "analysis.md", ev.confusion_analysis(name, split_name, matrix, train_counts, params.top_confusions))
+    write_text(out / "analysis.md",
+               ev.confusion_analysis(name, split_name, matrix, train_counts, params.top_confusions))
     images, captions = most_confident_mistakes(split, probs, pairs)
     save_figure(out / "mistakes.png", plots.image_gallery(
         images, captions, f"{name}: most confident mistakes (validation)", columns=4))

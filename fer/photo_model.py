@@ -35,8 +35,14 @@ import fer
 from fer import CLASS_NAMES, FerError, tracking
 from fer.faces import DetectorParams
 from fer.models import ConvNet
-from fer.predict import (CHECKPOINT_ARTIFACT, MAX_PIXELS, check_declared_size, decode_image_bytes, face_rows,
-                         predict_image)
+from fer.predict import (
+    CHECKPOINT_ARTIFACT,
+    MAX_PIXELS,
+    check_declared_size,
+    decode_image_bytes,
+    face_rows,
+    predict_image,
+)
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ("image", "face", "x", "y", "w", "h", *CLASS_NAMES, "top", "probability", "margin")
@@ -145,7 +151,8 @@ def log_photo_model(checkpoint_path: str | Path, detector: DetectorParams = Dete
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / CHECKPOINT_ARTIFACT  # the artifact's file name is fixed: loaders find it
         shutil.copyfile(checkpoint_path, checkpoint)
-        info = mlflow.pyfunc.log_model(name="photo_model", python_model=str(Path(__file__).with_name("photo_pyfunc.py")),
+        code = Path(__file__).with_name("photo_pyfunc.py")
+        info = mlflow.pyfunc.log_model(name="photo_model", python_model=str(code),
                                        artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
                                        model_config=photo_config(detector, limits),
                                        code_paths=[str(Path(fer.__file__).parent)], signature=signature(),

@@ -21,8 +21,17 @@ import numpy as np
 import torch
 
 from fer import CLASS_NAMES, IMAGE_SIZE, FerError, cli
-from fer.faces import (CanvasParams, DetectorParams, box_iou, compose_canvas, crop_boxes, crop_faces, detect_faces,
-                       is_face_crop, to_gray)
+from fer.faces import (
+    CanvasParams,
+    DetectorParams,
+    box_iou,
+    compose_canvas,
+    crop_boxes,
+    crop_faces,
+    detect_faces,
+    is_face_crop,
+    to_gray,
+)
 from fer.io import atomic_dir, save_figure
 from fer.models import ConvNet, load_model
 from fer.pretrained import DEFAULT_MODEL, describe, trained_on_synthetic
@@ -85,7 +94,8 @@ def _load_registered(uri: str, device: torch.device | str) -> ConvNet:
 
 def load_predictor(spec: str, device: torch.device | str = "cpu") -> ConvNet:
     """The model named by `spec`: a `model.pt` path, or an MLflow model URI (`models:/fer-cnn4@champion`,
-    `models:/fer-cnn4-photo@champion`, `models:/fer-cnn4/latest`, `runs:/<id>/model`). A checkpoint is loaded weights-only; a file
+    `models:/fer-cnn4-photo@champion`, `models:/fer-cnn4/latest`, `runs:/<id>/model`). A checkpoint
+    is loaded weights-only; a file
     that is not one raises `fer.models.CheckpointError` naming it."""
     if spec.startswith(MLFLOW_SCHEMES):
         return _load_registered(spec, device)

@@ -67,7 +67,8 @@ def read_manifest(folder: str | Path) -> tuple[list[AnnotatedImage], list[Annota
             videos.append(AnnotatedVideo(entry["file"], {int(k["frame"]): _faces(k["faces"], where)
                                                          for k in entry.get("keyframes", [])}))
         elif entry.get("kind") == "image":
-            images.append(AnnotatedImage(entry["file"], bool(entry.get("negative")), _faces(entry["faces"] or [], where)))
+            faces = _faces(entry["faces"] or [], where)
+            images.append(AnnotatedImage(entry["file"], bool(entry.get("negative")), faces))
         else:
             raise FerError(f"{where}: kind is {entry.get('kind')!r}, expected 'image' or 'video'")
     return images, videos

@@ -211,15 +211,17 @@ def _real_photos_markdown(photos: dict[str, Any] | None, report_dir: Path) -> st
         f"{c['width']}x{c['height']} photo onto other test faces tiled and blurred, then found and cropped by the "
         f"code path of `python -m fer.predict` (Haar cascades {' + '.join(d['cascades'])}, minNeighbors "
         f"{d['min_neighbors']}, crop {d['margin']:g} x the box, shifted {d['shift']:+g} of it) and classified by "
-        f"**{photos['model']}**{_views_phrase(d)}. Agreement: the class predicted through detection + crop equals the class predicted "
+        f"**{photos['model']}**{_views_phrase(d)}. Agreement: the class predicted through detection + crop "
+        "equals the class predicted "
         "on the original 48x48 face; the crop of the exact pasted square shows the best a detector could do "
         "(the rest is the model's sensitivity to rotation and resampling). The measurement on all PrivateTest "
         "faces is in `docs/predict.md`.", "",
         "| faces | detected | box IoU (median) | agreement | agreement, crop of the exact pasted square "
         "| accuracy through crop | accuracy of the originals (same faces) | false detections per photo |",
         "|---|---|---|---|---|---|---|---|",
-        f"| {photos['faces']} | {photos['detection_rate']:.1%} | {photos['iou_median']:.3f} | {photos['agreement']:.1%} "
-        f"| {photos['agreement_pasted_square']:.1%} | {photos['accuracy_crop_detected']:.1%} | {photos['accuracy_original_detected']:.1%} "
+        f"| {photos['faces']} | {photos['detection_rate']:.1%} | {photos['iou_median']:.3f} "
+        f"| {photos['agreement']:.1%} | {photos['agreement_pasted_square']:.1%} "
+        f"| {photos['accuracy_crop_detected']:.1%} | {photos['accuracy_original_detected']:.1%} "
         f"| {photos['false_positives_per_canvas']:.2f} |", "",
         _figure(photos["gallery"], "annotated photos with Grad-CAM", report_dir),
         _figure(photos["confusion"], "confusion through detection and crop", report_dir) if photos["confusion"]

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from captum.attr import (IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion,
-                         Saliency)
+from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion, Saliency
 
 from fer import IMAGE_SIZE, NUM_CLASSES
 from fer.models import ConvNet

@@ -210,7 +210,6 @@ def git_commit(root: Path) -> str:
 
 def _experiment_id(name: str, uri: str) -> str:
     import mlflow
-
     from mlflow.exceptions import MlflowException
 
     experiment = mlflow.get_experiment_by_name(name)

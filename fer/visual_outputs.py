@@ -11,8 +11,15 @@ import torch
 from fer import CLASS_NAMES, plots
 from fer.data import Split
 from fer.evaluation import confusion, top_confusions
-from fer.filters import (activation_maximisation, block_index, channel_statistics, conv_layer_names, feature_maps,
-                         receptive_field, strongest_unit_boxes)
+from fer.filters import (
+    activation_maximisation,
+    block_index,
+    channel_statistics,
+    conv_layer_names,
+    feature_maps,
+    receptive_field,
+    strongest_unit_boxes,
+)
 from fer.io import save_figure, write_json, write_npz
 from fer.models import ConvNet, load_model
 from fer.params import VisualizeParams

@@ -59,10 +59,12 @@ def main(argv: list[str] | None = None) -> None:
         inputs = {"real_photos": photos, "source": facts["data source"], "models": models, "facts": facts,
                   "params_yaml": Path(args.params).read_text(),
                   "deletion_max_fraction": visualize.deletion_max_fraction,
-                  "saliency": {"model": visualize.saliency_model, "dir": results / "visualize" / visualize.saliency_model,
+                  "saliency": {"model": visualize.saliency_model,
+                               "dir": results / "visualize" / visualize.saliency_model,
                                "sanity": sanity},
                   "filters": {"model": visualize.filters_model, "dir": results / "visualize" / visualize.filters_model,
-                              "summary": read_json(results / "visualize" / visualize.filters_model / "filters_summary.json")},
+                              "summary": read_json(results / "visualize" / visualize.filters_model
+                                                   / "filters_summary.json")},
                   "gradient_check": gradient_check()}
         # tmp is a sibling of `out`, so figure paths relative to it hold for `out` as well.
         text = build_markdown(inputs, tmp)

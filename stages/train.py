@@ -13,8 +13,17 @@ from fer.data import data_ref, load_prepared, training_data
 from fer.io import atomic_dir, atomic_path, write_json, write_text
 from fer.models import ConvNet, build_model, layer_table, layer_table_markdown, save_checkpoint
 from fer.params import TrackingParams, TrainParams, load_section, section_dict
-from fer.training import (EpochRecord, FitResult, abandoned_run_id, fingerprint, fit, load_resume_state,
-                          resolve_precision, seed_everything, select_device)
+from fer.training import (
+    EpochRecord,
+    FitResult,
+    abandoned_run_id,
+    fingerprint,
+    fit,
+    load_resume_state,
+    resolve_precision,
+    seed_everything,
+    select_device,
+)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -137,7 +137,7 @@ class MlflowServer:
         return subprocess.run([str(ROOT / "scripts" / "mlflow-server"), action], env=env, capture_output=True,
                               text=True, timeout=200)
 
-    def start(self) -> "MlflowServer":
+    def start(self) -> MlflowServer:
         result = self._script("start")
         if result.returncode != 0:
             self.stop()

@@ -16,8 +16,17 @@ from fer.data.quality import clean_train, quality_report
 from fer.data.sources import detect_format, read_source
 from fer.data.synthetic import generate_dataset, generate_split
 from fer.params import PrepareParams, SyntheticParams
-from tests.conftest import (FER2013, kaggle_rows, pixel_string, random_images, run, tiny_params,
-                            with_row, write_kaggle_csv, write_params)
+from tests.conftest import (
+    FER2013,
+    kaggle_rows,
+    pixel_string,
+    random_images,
+    run,
+    tiny_params,
+    with_row,
+    write_kaggle_csv,
+    write_params,
+)
 
 
 def read(path: Path, fmt: str = "auto"):
@@ -194,8 +203,9 @@ def test_unreadable_image_and_unknown_class_folder(tmp_path: Path) -> None:
 
 def test_failed_prepare_keeps_previous_output(tmp_path: Path) -> None:
     """A bad source exits 1 with the message and leaves the previous good output untouched."""
-    from tests.conftest import ROOT
     import shutil
+
+    from tests.conftest import ROOT
 
     for name in ("stages", "fer"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))

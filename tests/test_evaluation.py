@@ -30,7 +30,7 @@ def test_metrics_match_direct_computation() -> None:
     assert m["per_class"]["angry"]["recall"] == pytest.approx(0.5)
     assert m["per_class"]["disgust"]["support"] == 2
     top2 = np.argsort(-probs, axis=1)[:, :2]
-    assert m["top2_accuracy"] == pytest.approx(np.mean([l in t for l, t in zip(LABELS, top2)]))
+    assert m["top2_accuracy"] == pytest.approx(np.mean([label in t for label, t in zip(LABELS, top2)]))
     assert m["nll"] == pytest.approx(-np.mean(np.log(probs[np.arange(16), LABELS])))
     # Image 0 (confidence 0.7/1.15, correct) sits alone in a lower bin; the other 15 share 0.7.
     correct = LABELS == PRED

@@ -121,7 +121,8 @@ def test_evaluation_and_visualisation_log_into_runs_of_their_own(pipeline: dict)
         assert evaluate.data.tags["mlflow.parentRunId"] == training.info.run_id
         assert evaluate.data.params == {k: str(v) for k, v in tiny_params()["evaluate"].items()}
         assert [m.model_id for m in evaluate.inputs.model_inputs] == [model_id]
-        assert {d.dataset.name for d in evaluate.inputs.dataset_inputs} == {f"synthetic:{s}" for s in ("train", "val", "test")}
+        names = {d.dataset.name for d in evaluate.inputs.dataset_inputs}
+        assert names == {f"synthetic:{s}" for s in ("train", "val", "test")}
         assert "val_accuracy" in evaluate.data.metrics and "test_macro_f1" in evaluate.data.metrics
         artifacts = {Path(a.path).name for a in client.list_artifacts(evaluate.info.run_id, "evaluate")}
         assert {"confusion_train.png", "confusion_val.png", "analysis.md", "metrics.json"} <= artifacts

@@ -19,8 +19,17 @@ from fer.data.synthetic import generate_split
 from fer.faces import CanvasParams, DetectorParams, box_iou, compose_canvas, crop_faces, detect_faces, is_face_crop
 from fer.models import build_model, save_checkpoint
 from fer.params import ModelParams
-from fer.predict import (NO_FACE, ROW_FIELDS, face_probabilities, load_predictor, main,
-                         predict_image, probabilities, round_trip, round_trip_summary)
+from fer.predict import (
+    NO_FACE,
+    ROW_FIELDS,
+    face_probabilities,
+    load_predictor,
+    main,
+    predict_image,
+    probabilities,
+    round_trip,
+    round_trip_summary,
+)
 from tests.conftest import FER2013, ROOT, png_declaring
 
 PARAMS = ModelParams(arch="cnn4", batch_norm=True, dropout_conv=0.0, dropout_fc=0.3, fc_hidden=32)
@@ -174,7 +183,8 @@ def test_huge_image_is_refused_from_its_header(tmp_path: Path, checkpoint: Path,
         _predict([str(huge), "--model", str(checkpoint), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error == f"error: {huge}: declares 400,000,000 pixels, more than the limit of 50,000,000; scale it down first"
+    assert error == (f"error: {huge}: declares 400,000,000 pixels, more than the limit of 50,000,000; "
+                     "scale it down first")
     assert not (tmp_path / "out").exists()
     monkeypatch.setattr(cv2, "imdecode", decode)
     small = tmp_path / "small.png"
@@ -190,8 +200,9 @@ def test_synthetic_model_on_photos_is_named_and_warned(tmp_path: Path, capsys: p
     """The first line names the model and its training data; one trained on the synthetic
     default gets a warning when applied to photos."""
     path = tmp_path / "synthetic.pt"
-    save_checkpoint(build_model(PARAMS), PARAMS, path, data={"source_kind": "synthetic", "source_file": "synthetic",
-                                                            "prepared_sha256": "ab" * 32, "prepared_splits": "train,val"})
+    data = {"source_kind": "synthetic", "source_file": "synthetic", "prepared_sha256": "ab" * 32,
+            "prepared_splits": "train,val"}
+    save_checkpoint(build_model(PARAMS), PARAMS, path, data=data)
     photo = tmp_path / "photo.png"
     cv2.imwrite(str(photo), np.full((120, 160), 90, np.uint8))
     _predict([str(photo), "--model", str(path), "--out", str(tmp_path / "out")])

@@ -56,7 +56,8 @@ def test_manifest_errors_name_the_entry(tmp_path: Path) -> None:
 CLEAR_PHOTOS = ("d02.jpeg", "d03.jpeg", "d04.jpg", "d09.jpeg", "d11.jpeg")  # neutral, fear, surprise, sad, angry
 
 
-@pytest.mark.skipif(not (REAL_PHOTOS / "manifest.json").is_file(), reason=f"annotated photos not found at {REAL_PHOTOS}")
+@pytest.mark.skipif(not (REAL_PHOTOS / "manifest.json").is_file(),
+                    reason=f"annotated photos not found at {REAL_PHOTOS}")
 def test_shipped_model_labels_clear_faces_in_real_photos(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`predict` with its default model (the shipped FER2013 CNN4) finds the face in each photo
     and gives it its label; the first line of its report names the model and its data."""

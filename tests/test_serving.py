@@ -24,8 +24,7 @@ from fer.data.synthetic import generate_split
 from fer.faces import CanvasParams, DetectorParams, compose_canvas
 from fer.models import build_model, save_checkpoint
 from fer.params import ModelParams
-from fer.photo_model import (OUTPUT_COLUMNS, BadPhoto, RequestLimits, encode_image, predict_photos,
-                             register_photo_model)
+from fer.photo_model import OUTPUT_COLUMNS, BadPhoto, RequestLimits, encode_image, predict_photos, register_photo_model
 from fer.predict import load_predictor, probabilities
 from tests.conftest import env_with_venv, free_port, png_declaring
 
@@ -46,7 +45,8 @@ def _servers(uris: list[str], tracking_uri: str, log_dir: Path) -> Iterator[list
             port = free_port()
             with open(log_dir / f"server_{i}.log", "w") as log:  # the child keeps its own descriptor
                 processes.append(subprocess.Popen(
-                    ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                    ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1",
+                     "-p", str(port)],
                     env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             urls.append(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + HEALTH_TIMEOUT_S

@@ -100,7 +100,8 @@ def test_concurrent_writers_to_one_sqlite_store_lose_nothing(store: str) -> None
         assert steps == list(range(1, 21))
 
 
-def test_a_relative_sqlite_store_is_taken_from_the_project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_relative_sqlite_store_is_taken_from_the_project_root(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Under `dvc exp run --temp` and the queue the working directory is a throw-away copy."""
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")

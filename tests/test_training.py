@@ -17,8 +17,17 @@ from fer.augment import augment_batch
 from fer.data.synthetic import generate_split
 from fer.models import build_model
 from fer.params import AugmentParams, TrainParams, load_section
-from fer.training import (CPU_BF16_PROBES, EpochRecord, HardwareProbes, TrainingDiverged, consistency_loss, fit,
-                          resolve_precision, seed_everything, torch_probes)
+from fer.training import (
+    CPU_BF16_PROBES,
+    EpochRecord,
+    HardwareProbes,
+    TrainingDiverged,
+    consistency_loss,
+    fit,
+    resolve_precision,
+    seed_everything,
+    torch_probes,
+)
 from tests.conftest import ROOT, env_with_venv, run, tiny_params, write_params
 
 

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from fer.data.synthetic import generate_split
-from fer.filters import (activation_maximisation, block_index, channel_statistics, feature_maps,
-                         pre_relu, receptive_field, strongest_unit_boxes)
+from fer.filters import (
+    activation_maximisation,
+    block_index,
+    channel_statistics,
+    feature_maps,
+    pre_relu,
+    receptive_field,
+    strongest_unit_boxes,
+)
 from fer.models import build_model
 from fer.params import ModelParams, TrainParams, load_section
 from fer.saliency import attribution_maps, contrast_maps, select_examples

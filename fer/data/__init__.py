@@ -40,7 +40,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, keep: np.ndarray) -> "Split":
+    def subset(self, keep: np.ndarray) -> Split:
         return Split(self.images[keep], self.labels[keep], self.source_index[keep],
                      None if self.masks is None else self.masks[keep])
 

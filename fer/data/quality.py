@@ -72,7 +72,8 @@ def quality_report(splits: dict[str, Split]) -> dict[str, Any]:
     return report
 
 
-def clean_train(splits: dict[str, Split], drop_blank: bool, drop_cross_split_duplicates: bool) -> tuple[Split, dict[str, int]]:
+def clean_train(splits: dict[str, Split], drop_blank: bool,
+                drop_cross_split_duplicates: bool) -> tuple[Split, dict[str, int]]:
     """Train with blank images and/or images duplicated in other splits removed, as chosen."""
     train = splits["train"]
     drop = np.zeros(len(train), dtype=bool)

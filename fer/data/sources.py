@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fer.data import DataError, Split, stratified_holdout
-from fer.data.csv_sources import (HOMEWORK_TRAIN_COLUMNS, KAGGLE_COLUMNS, read_header,
-                                  read_homework_csv, read_kaggle_csv)
+from fer.data.csv_sources import HOMEWORK_TRAIN_COLUMNS, KAGGLE_COLUMNS, read_header, read_homework_csv, read_kaggle_csv
 from fer.data.folders import read_image_folders
 
 
