@@ -247,3 +247,13 @@ def test_changed_params_do_not_resume(tmp_path: Path) -> None:
     assert load_resume_state(tmp_path / "ckpt.pt", fingerprint({"lr": 0.2}, [data])) is None
     data.write_bytes(b"other data")
     assert load_resume_state(tmp_path / "ckpt.pt", fingerprint({"lr": 0.1}, [data])) is None
+
+
+def test_a_resume_state_of_other_params_names_its_abandoned_run(tmp_path: Path) -> None:
+    """The stage marks that run KILLED: it will never be continued."""
+    from fer.training import abandoned_run_id
+
+    torch.save({"fingerprint": "old-job", "run_id": "run-1", "history": []}, tmp_path / "cnn4.pt")
+    assert abandoned_run_id(tmp_path / "cnn4.pt", "new-job") == "run-1"
+    assert abandoned_run_id(tmp_path / "cnn4.pt", "old-job") is None  # the same job resumes it
+    assert abandoned_run_id(tmp_path / "missing.pt", "new-job") is None
