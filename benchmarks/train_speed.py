@@ -1,15 +1,21 @@
-"""Benchmark: training throughput of the pipeline against the bare compute and a plain loop.
+"""Benchmark: training throughput of the pipeline against the bare compute, a plain loop and the
+CPU's measured peak, in fp32 and (where the CPU runs it natively) bf16 side by side.
 
-Measured in one run, same model (train_cnn4's architecture from params.yaml), same batch size:
-  (a) bare forward + backward + optimizer step on random tensors already in memory, channels-last,
-      in the precision the pipeline resolves (`precision: auto` -> bf16 autocast on a CPU with
-      native bf16, else fp32): the compute the pipeline cannot avoid;
+Measured in one run, same model (train_cnn4's architecture from params.yaml), same batch size,
+for each precision:
+  (a) bare forward + backward + optimizer step on random tensors already in memory, channels-last:
+      the compute the pipeline cannot avoid;
   (b) the training stage's `fit` end to end: uint8 data in memory, batched augmentation,
       the per-epoch validation pass, history and checkpoint writing;
+and once, in fp32:
   (c) a plain reference: DataLoader over a TensorDataset with per-sample augmentation
-      (random shift, flip, rotation/scale per image), fp32, default memory format, no validation:
+      (random shift, flip, rotation/scale per image), default memory format, no validation:
       what the usual tutorial loop does.
-Prints images/second of each and the ratios (b)/(a) and (b)/(c).
+The peak is a measured 2048x2048 matrix product in the same precision (best of 5); the share of
+it is images/s x training FLOP per image / peak, where training FLOP = 3 x 2 x the forward pass's
+multiply-adds (counted on the model's conv and linear layers). bf16 is measured only where
+`precision: auto` picks it (native bf16): emulated bf16 is several times slower than fp32.
+Prints images/second, the share of the peak and the ratios (b)/(a) and (b)/(c).
 
 Usage: python benchmarks/train_speed.py [--images 4096] [--batch-size 128] [--model cnn4] [--params params.yaml]
 """
@@ -59,8 +65,42 @@ def bare(params: TrainParams, n_images: int, precision: str) -> float:
     return steps * params.batch_size / (time.perf_counter() - started)
 
 
-def pipeline(params: TrainParams, train, val) -> float:
-    one_epoch = dataclasses.replace(params, epochs=2)
+def forward_macs(model: torch.nn.Module) -> int:
+    """Multiply-adds of one image's forward pass through the conv and linear layers."""
+    total = 0
+
+    def count(module: torch.nn.Module, _: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += output[0].numel() * kernel
+        else:
+            total += module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.rand(1, 1, 48, 48))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def matmul_peak(precision: str, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the best of `repeats` n x n matrix products in `precision`."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
+    a @ b  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * n ** 3 / best
+
+
+def pipeline(params: TrainParams, train, val, precision: str) -> float:
+    one_epoch = dataclasses.replace(params, epochs=2, precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
         result = fit(build_model(params.model), train, val, one_epoch, torch.device("cpu"),
                      Path(tmp) / "ckpt.pt", "benchmark", None)
@@ -119,16 +159,27 @@ def main() -> None:
     params = dataclasses.replace(params, batch_size=args.batch_size)
     seed_everything(0)
     train, val = generate_split(args.images, 0), generate_split(args.images // 8, 1)
-    precision = resolve_precision(params.precision, torch.device("cpu"))
+    native = resolve_precision("auto", torch.device("cpu"))
+    precisions = ["fp32", "bf16"] if native == "bf16" else ["fp32"]
+    flop_per_image = 6 * forward_macs(build_model(params.model))
+    trains_in = resolve_precision(params.precision, torch.device("cpu"))
     print(f"{args.model} ({args.params}), batch {args.batch_size}, {args.images} images, "
-          f"{torch.get_num_threads()} threads, pipeline precision {precision} (precision: {params.precision})")
-    a = bare(params, args.images, precision)
-    b = pipeline(params, train, val)
+          f"{torch.get_num_threads()} threads; the pipeline trains in {trains_in} "
+          f"(precision: {params.precision}); training FLOP per image {flop_per_image / 1e6:.0f} M"
+          + ("" if native == "bf16" else "; no native bf16 on this CPU: bf16 not measured"))
+    rows = {}
+    for precision in precisions:
+        peak = matmul_peak(precision)
+        a, b = bare(params, args.images, precision), pipeline(params, train, val, precision)
+        rows[precision] = (peak, a, b)
+        print(f"{precision}: matmul peak {peak / 1e9:6.0f} GFLOP/s   (a) bare {a:6.0f} images/s "
+              f"({a * flop_per_image / peak:4.0%} of peak)   (b) fit {b:6.0f} images/s "
+              f"({b * flop_per_image / peak:4.0%} of peak)   (b)/(a) = {b / a:.2f}")
     c = reference(params, train, args.images)
-    print(f"(a) bare forward+backward+step: {a:7.0f} images/s ({precision})")
-    print(f"(b) pipeline fit (aug + val):   {b:7.0f} images/s")
-    print(f"(c) DataLoader, per-sample aug: {c:7.0f} images/s (fp32)")
-    print(f"(b)/(a) = {b / a:.2f}   (b)/(c) = {b / c:.2f}")
+    print(f"(c) DataLoader, per-sample aug: {c:6.0f} images/s (fp32)   fit fp32 / (c) = {rows['fp32'][2] / c:.2f}")
+    if "bf16" in rows:
+        bf16, fp32 = rows["bf16"], rows["fp32"]
+        print(f"bf16 / fp32: bare {bf16[1] / fp32[1]:.2f}x, fit {bf16[2] / fp32[2]:.2f}x")
 
 
 if __name__ == "__main__":
