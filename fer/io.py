@@ -87,8 +87,8 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """Uncompressed NPZ written atomically, through an open handle (given a name, np.savez would
-    append .npz to the temporary one). Uncompressed because face pixels barely compress: zlib
-    took 2 s on FER2013's 83 MB of pixels to save little space."""
+    append .npz to the temporary one). Uncompressed because face pixels barely compress, and
+    compressing them costs seconds for little space."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)

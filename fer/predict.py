@@ -523,8 +523,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse images whose header declares "
                         "more pixels than this (checked before decoding)")
     parser.add_argument("--no-tta", action="store_true", help="predict on each crop alone instead of averaging it "
-                        "with its shifted and mirrored views (prediction about 10x faster, answers less steady "
-                        "against small shifts of the face box: docs/predict.md)")
+                        "with its shifted and mirrored views (faster, answers less steady against small shifts of "
+                        "the face box: docs/predict.md)")
     args = parser.parse_args(argv)
     if args.every < 1:
         parser.error("--every must be at least 1")

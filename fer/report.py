@@ -19,13 +19,11 @@ from typing import Any
 import markdown
 import numpy as np
 import torch
-import torch.nn.functional as F
 from latex2mathml.converter import convert as latex_to_mathml
 
 from fer import CLASS_NAMES
 from fer.data import Split
 from fer.io import save_figure, write_json
-from fer.losses import softmax_cross_entropy
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "top2_accuracy", "nll", "ece")
 SECTIONS = ("1. Architecture", "2. Training history", "3. Confusion matrices", "4. Saliency maps",
@@ -35,32 +33,6 @@ SECTIONS = ("1. Architecture", "2. Training history", "3. Confusion matrices", "
 # The full measurement (all PrivateTest faces) is benchmarks/face_roundtrip.py.
 REAL_PHOTO_FACES = 120
 GALLERY_PHOTOS = 4
-
-
-def gradient_check(seed: int = 0, n: int = 16, classes: int = 7) -> dict[str, float]:
-    """Max |analytic - autograd| and |analytic - central finite differences| on random float64
-    logits, and |analytic - autograd| on logits of +-1000 where a naive softmax overflows."""
-    rng = np.random.default_rng(seed)
-    logits, labels = rng.normal(size=(n, classes)) * 3, rng.integers(0, classes, size=n)
-    _, analytic = softmax_cross_entropy(logits, labels)
-
-    def autograd(z: np.ndarray) -> np.ndarray:
-        t = torch.tensor(z, requires_grad=True)
-        F.cross_entropy(t, torch.tensor(labels)).backward()
-        return t.grad.numpy()
-
-    h = 1e-6
-    numeric = np.zeros_like(logits)
-    for index in np.ndindex(logits.shape):
-        up, down = logits.copy(), logits.copy()
-        up[index] += h
-        down[index] -= h
-        numeric[index] = (softmax_cross_entropy(up, labels)[0] - softmax_cross_entropy(down, labels)[0]) / (2 * h)
-    large = np.sign(rng.normal(size=(n, classes))) * 1000.0
-    _, analytic_large = softmax_cross_entropy(large, labels)
-    return {"max_error_vs_autograd": float(np.abs(analytic - autograd(logits)).max()),
-            "max_error_vs_finite_differences": float(np.abs(analytic - numeric).max()),
-            "max_error_vs_autograd_logits_1000": float(np.abs(analytic_large - autograd(large)).max())}
 
 
 def _figure(path: Path, caption: str, report_dir: Path) -> str:

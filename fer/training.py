@@ -75,8 +75,8 @@ def torch_probes() -> HardwareProbes:
 
 def resolve_precision(precision: str, device: torch.device, probes: HardwareProbes | None = None) -> str:
     """`auto` -> `bf16` where bfloat16 matrix products run natively (CUDA with bf16, or a CPU with
-    AVX512-BF16 or AMX: about 2.2x the fp32 training throughput of CNN4 measured on a 2-core AMD
-    EPYC CPU with AMX), else `fp32`: emulated bf16 would be slower than fp32. When a CPU probe is
+    AVX512-BF16 or AMX: there it trains CNN4 about twice as fast as fp32, docs/results.md), else
+    `fp32`: emulated bf16 would be slower than fp32. When a CPU probe is
     missing from this torch build and no other says yes, `auto` warns (once) and keeps fp32."""
     if precision != "auto":
         return precision

@@ -13,10 +13,11 @@ from pathlib import Path
 from fer import cli, plots, tracking
 from fer.data import load_split
 from fer.io import atomic_dir, read_json, save_figure, write_json, write_text
+from fer.losses import gradient_check
 from fer.params import TrackingParams, VisualizeParams, load_section
 from fer.photo_model import register_photo_model
 from fer.pretrained import photo_checkpoint
-from fer.report import build_markdown, gradient_check, machine_facts, markdown_to_html, read_history, real_photos
+from fer.report import build_markdown, machine_facts, markdown_to_html, read_history, real_photos
 
 
 def main(argv: list[str] | None = None) -> None:

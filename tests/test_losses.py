@@ -48,3 +48,14 @@ def test_extreme_logits_where_a_naive_version_overflows() -> None:
     loss, grad = softmax_cross_entropy(logits, np.array([1]))
     assert loss == pytest.approx(2000.0)
     np.testing.assert_allclose(grad[0], [1, -1, 0, 0, 0, 0, 0], atol=1e-12)
+
+
+def test_the_reports_gradient_check_finds_agreement() -> None:
+    """The numbers the report prints: analytic against autograd and finite differences."""
+    from fer.losses import gradient_check
+
+    errors = gradient_check()
+    assert set(errors) == {"max_error_vs_autograd", "max_error_vs_finite_differences",
+                           "max_error_vs_autograd_logits_1000"}
+    assert errors["max_error_vs_autograd"] < 1e-12 and errors["max_error_vs_autograd_logits_1000"] < 1e-12
+    assert errors["max_error_vs_finite_differences"] < 1e-6
