@@ -7,9 +7,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import env_with_venv, make_tiny_project, run, tiny_params, write_params
+from tests.conftest import env_with_venv, free_port, make_tiny_project, run, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -179,6 +181,54 @@ def test_dvc_exp_show_names_each_models_run(pipeline: dict) -> None:
         assert run_id in shown, name
     table = run(["dvc", "exp", "show", "--no-pager", "--md"], pipeline["project"]).stdout
     assert "run_id" in table
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium to render the MLflow UI in")
+def test_the_mlflow_ui_shows_each_model_within_two_clicks(pipeline: dict, tmp_path: Path) -> None:
+    """The real `mlflow ui` on the pipeline's store, its pages rendered by headless Chromium: the
+    runs table with the datasets, a training run linking its child runs, an evaluation run with
+    its parent and test metrics, and the confusion matrix and saliency images in their runs."""
+    port = free_port()
+    log = open(tmp_path / "ui.log", "w")
+    server = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", f"sqlite:///{pipeline['project'] / 'mlflow.db'}",
+                               "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, env=env_with_venv(),
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/#/experiments/{pipeline['experiment'].experiment_id}/runs"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise AssertionError("mlflow ui did not answer within 120 s:\n" + (tmp_path / "ui.log").read_text())
+        runs = {name: r.info.run_id for name, r in runs_by_name(pipeline).items()}
+
+        def page(path: str) -> str:
+            return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                   "--virtual-time-budget=20000", "--dump-dom", f"{base}{path}"],
+                                  capture_output=True, text=True, timeout=120).stdout
+
+        assert {"cnn4", "cnn3", "synthetic:train"} <= set(re.findall(r"cnn4|cnn3|synthetic:train", page("")))
+        training = page(f"/{runs['cnn4']}")
+        assert "Child runs" in training and "evaluate-cnn4" in training and "visualize-cnn4" in training
+        evaluation = page(f"/{runs['evaluate-cnn4']}")
+        assert "Parent run" in evaluation and "test_accuracy" in evaluation
+        assert "confusion_val.png" in page(f"/{runs['evaluate-cnn4']}/artifacts/evaluate/confusion_val.png")
+        assert "saliency.png" in page(f"/{runs['visualize-cnn3']}/artifacts/visualize/saliency.png")
+        assert "atlas_01.png" in page(f"/{runs['visualize-cnn4']}/artifacts/visualize/features_3_0/atlas_01.png")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
 
 
 def test_renaming_the_experiment_retrains_nothing_and_registers_nothing(pipeline: dict) -> None:
