@@ -11,6 +11,8 @@ and once, in fp32:
   (c) a plain reference: DataLoader over a TensorDataset with per-sample augmentation
       (random shift, flip, rotation/scale per image), default memory format, no validation:
       what the usual tutorial loop does.
+Last, `fit` in fp32 with glibc's default allocation and with `reuse_freed_memory` (what the
+training stage sets), alternating, best of two each, with the system share of the CPU time.
 The peak is a measured 2048x2048 matrix product in the same precision (best of 5); the share of
 it is images/s x training FLOP per image / peak, where training FLOP = 3 x 2 x the forward pass's
 multiply-adds (counted on the model's conv and linear layers). bf16 is measured only where
@@ -39,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
 from fer.data.synthetic import generate_split  # noqa: E402
 from fer.models import build_model  # noqa: E402
 from fer.params import TrainParams, load_section  # noqa: E402
-from fer.training import fit, make_optimizer, resolve_precision, seed_everything  # noqa: E402
+from fer.training import fit, make_optimizer, resolve_precision, reuse_freed_memory, seed_everything  # noqa: E402
 
 
 def bare(params: TrainParams, n_images: int, precision: str) -> float:
@@ -148,6 +150,25 @@ def reference(params: TrainParams, train, n_images: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
+def allocator_comparison(params: TrainParams, train, val) -> None:
+    """fit in fp32 with glibc's defaults and with freed memory kept for reuse, alternating."""
+    import resource
+
+    best: dict[bool, tuple[float, float]] = {}
+    for reuse in (False, True, False, True):
+        reuse_freed_memory(reuse)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        speed = pipeline(params, train, val, "fp32")
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        system = after.ru_stime - before.ru_stime
+        share = system / (system + after.ru_utime - before.ru_utime)
+        if speed > best.get(reuse, (0.0, 0.0))[0]:
+            best[reuse] = (speed, share)
+    for reuse, label in ((False, "glibc defaults     "), (True, "reuse_freed_memory ")):
+        print(f"fit fp32, {label}: {best[reuse][0]:6.0f} images/s, system time {best[reuse][1]:4.0%} of CPU time")
+    print(f"reuse_freed_memory / defaults = {best[True][0] / best[False][0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4096, help="training images per measurement")
@@ -180,6 +201,7 @@ def main() -> None:
     if "bf16" in rows:
         bf16, fp32 = rows["bf16"], rows["fp32"]
         print(f"bf16 / fp32: bare {bf16[1] / fp32[1]:.2f}x, fit {bf16[2] / fp32[2]:.2f}x")
+    allocator_comparison(params, train, val)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from fer.training import (
     fit,
     load_resume_state,
     resolve_precision,
+    reuse_freed_memory,
     seed_everything,
     select_device,
 )
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     tracking.check_reachable()
     out = Path(args.out or f"models/{args.model}")
     seed_everything(params.seed)
+    reuse_freed_memory()
     device = select_device()
     splits = load_prepared(args.data, ("train", "val"))
     job = fingerprint(section_dict(section, args.params),

@@ -257,3 +257,12 @@ def test_a_resume_state_of_other_params_names_its_abandoned_run(tmp_path: Path) 
     assert abandoned_run_id(tmp_path / "cnn4.pt", "new-job") == "run-1"
     assert abandoned_run_id(tmp_path / "cnn4.pt", "old-job") is None  # the same job resumes it
     assert abandoned_run_id(tmp_path / "missing.pt", "new-job") is None
+
+
+def test_freed_memory_is_kept_for_reuse_and_the_defaults_come_back() -> None:
+    from fer.training import reuse_freed_memory
+
+    try:
+        assert reuse_freed_memory() is True  # glibc, as on every machine this project runs on
+    finally:
+        assert reuse_freed_memory(False) is True
