@@ -460,12 +460,6 @@ def numeric_leaves(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, fl
             if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
 
 
-def log_params(params: Mapping[str, Any]) -> None:
-    import mlflow
-
-    retry_locked(lambda: mlflow.log_params(flatten(params)))
-
-
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str = "",
                 model_id: str | None = None, dataset: Any = None) -> None:
     """Log every numeric leaf of `metrics` into the active run, tied to the logged model and the
