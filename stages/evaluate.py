@@ -46,5 +46,6 @@ def main(argv: list[str] | None = None) -> None:
     tracking.stage_runs(experiment, "evaluate", Path(args.models_dir), args.models,
                         section_dict("evaluate", args.params), log_outputs)
 
+
 if __name__ == "__main__":
     cli.run(main)
