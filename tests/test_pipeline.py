@@ -310,8 +310,11 @@ def test_an_interrupted_training_is_killed_then_resumed_to_finished(pipeline: di
     project = pipeline["project"]
     write_params(project / "long.yaml", tiny_params(train_cnn4={"epochs": 12}))
     command = training_command(project, "long.yaml", "long")
+    # SIGINT as a terminal's Ctrl-C delivers it: a shell starting the suite in the background makes
+    # its children ignore SIGINT, so the child gets the default disposition back.
     process = subprocess.Popen(command, cwd=project, env=env_with_venv(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoint = project / "scratch" / "long-checkpoints" / "cnn4.pt"
     deadline = time.time() + 300
     while not checkpoint.is_file() and time.time() < deadline and process.poll() is None:
