@@ -121,6 +121,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process_groups(processes: list[subprocess.Popen], timeout: float = 20) -> None:
+    """SIGTERM each process's whole group (servers' workers outlive their parent), then SIGKILL a
+    group that has not ended within `timeout` seconds."""
+    import contextlib
+    import signal
+
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout)
+
+
 class MlflowServer:
     """A real `mlflow server` started with scripts/mlflow-server (the script `make mlflow-server`
     runs) on 127.0.0.1, in its own process group, with its store and artifacts under `directory`."""

@@ -19,7 +19,15 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import env_with_venv, free_port, make_tiny_project, run, tiny_params, write_params
+from tests.conftest import (
+    env_with_venv,
+    free_port,
+    make_tiny_project,
+    run,
+    stop_process_groups,
+    tiny_params,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -223,11 +231,7 @@ def test_the_mlflow_ui_shows_each_model_within_two_clicks(pipeline: dict, tmp_pa
         assert "saliency.png" in page(f"/{runs['visualize-cnn3']}/artifacts/visualize/saliency.png")
         assert "atlas_01.png" in page(f"/{runs['visualize-cnn4']}/artifacts/visualize/features_3_0/atlas_01.png")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_process_groups([server])
         log.close()
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ from fer.models import build_model, save_checkpoint
 from fer.params import ModelParams
 from fer.photo_model import OUTPUT_COLUMNS, BadPhoto, RequestLimits, encode_image, predict_photos, register_photo_model
 from fer.predict import load_predictor, probabilities
-from tests.conftest import env_with_venv, free_port, png_declaring
+from tests.conftest import env_with_venv, free_port, png_declaring, stop_process_groups
 
 pytestmark = pytest.mark.slow
 
@@ -62,16 +60,7 @@ def _servers(uris: list[str], tracking_uri: str, log_dir: Path) -> Iterator[list
                 time.sleep(1)
         yield urls
     finally:
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=20)
+        stop_process_groups(processes)
 
 
 @pytest.fixture(scope="module")
