@@ -6,8 +6,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from fer import FerError
+from fer.params import ParamsError, StudyParams, load_section
 
 # FerError covers bad data, bad params and divergence; a missing input file is expected too.
 EXPECTED_ERRORS = (FerError, FileNotFoundError)
@@ -36,3 +38,13 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def study_models(args: argparse.Namespace) -> list[str]:
+    """The models of `study.models` in the params file, each checked to have been trained."""
+    names = load_section(StudyParams, "study", args.params).models
+    for name in names:
+        if not (Path(args.models_dir) / name / "model.pt").is_file():
+            raise ParamsError(f"params.yaml study.models: '{name}' has no {args.models_dir}/{name}/model.pt; "
+                              f"add a train_{name} section to params.yaml and a train_{name} stage to dvc.yaml")
+    return names

@@ -62,10 +62,10 @@ def headline(metrics: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 def _split_outputs(name: str, split_name: str, split: Split, probs: np.ndarray, train_counts: np.ndarray,
-                   params: EvaluateParams, out: Path) -> None:
+                   params: EvaluateParams, out: Path, confusion_dir: Path) -> None:
     matrix = ev.confusion(split.labels, probs.argmax(1))
     write_json(out / f"confusion_{split_name}.json", {"classes": CLASS_NAMES, "matrix": matrix})
-    write_text(out / f"confusion_{split_name}.csv", confusion_plot_csv(split, probs))
+    write_text(confusion_dir / f"{name}_{split_name}.csv", confusion_plot_csv(split, probs))
     write_text(out / f"predictions_{split_name}.csv", predictions_csv(split, probs))
     save_figure(out / f"confusion_{split_name}.png",
                 plots.confusion_figure(matrix, f"{name}: {split_name} (counts)"))
@@ -85,9 +85,10 @@ def _split_outputs(name: str, split_name: str, split: Split, probs: np.ndarray, 
 
 
 def evaluation_outputs(name: str, models_dir: Path, splits: dict[str, Split], params: EvaluateParams,
-                       out: Path) -> dict:
+                       out: Path, confusion_dir: Path) -> dict:
     """Evaluate one trained model on every split; write its files into `out` (including the
-    full `metrics.json`) and return the metrics per split (and per split with TTA)."""
+    full `metrics.json`) and its confusion plot data as `<confusion_dir>/<name>_<split>.csv` (one
+    DVC plot per file of that directory); return the metrics per split (and per split with TTA)."""
     device = select_device()
     model = load_model(models_dir / name / "model.pt", device)
     metrics: dict = {}
@@ -99,6 +100,6 @@ def evaluation_outputs(name: str, models_dir: Path, splits: dict[str, Split], pa
             tta = ev.softmax(predict_logits(model, split.images, device, params.batch_size,
                                             flip_tta=params.tta_flip, shift_tta=params.tta_shift).numpy())
             metrics[f"{split_name}_tta"] = ev.classification_metrics(split.labels, tta, params.calibration_bins)
-        _split_outputs(name, split_name, split, probs, train_counts, params, out)
+        _split_outputs(name, split_name, split, probs, train_counts, params, out, confusion_dir)
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -1,99 +1,154 @@
 """What the filters of a conv layer respond to: activation maximisation (in-house, as captum's
 optim module is not released) and the validation images that activate each channel most.
 
-The objective is a channel's mean activation *before* the ReLU: after it, most channels start
-at zero with zero gradient and never move.
+The objective is a channel's mean activation *before* the nonlinearity: after a ReLU, most
+channels start at zero with zero gradient and never move. Networks are reached only through
+`fer.models.Network` (conv layers by name, the activation module after each).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
 
 from fer import IMAGE_SIZE
 from fer.augment import random_affine
-from fer.models import ConvNet
+from fer.models import Network
 from fer.params import ParamsError
 
 KEEP_BEST_EVERY = 8
 
 
-def block_index(model: ConvNet, layer: str) -> int:
-    """Conv block of a layer given as `last` or a conv module name (`features.<block>.0`)."""
+def layer_name(model: Network, layer: str) -> str:
+    """A conv layer given as `last` or by its module name, checked against the network."""
     names = list(model.conv_layers())
     if layer == "last":
-        return len(names) - 1
+        return names[-1]
     if layer not in names:
-        raise ParamsError(f"params.yaml visualize.filters_layers: unknown conv layer '{layer}'; "
-                          f"expected 'last', 'all' or some of {', '.join(names)}")
-    return names.index(layer)
+        raise ParamsError(f"params.yaml visualize.filters.layers: unknown conv layer '{layer}' of "
+                          f"{model.arch}; expected 'last', 'all' or some of {', '.join(names)}")
+    return layer
 
 
-def conv_layer_names(model: ConvNet, spec: str) -> list[str]:
-    """The conv layers named by a `filters_layers` value: `last`, `all`, or a comma-separated
+def conv_layer_names(model: Network, spec: str) -> list[str]:
+    """The conv layers named by a `filters.layers` value: `last`, `all`, or a comma-separated
     list of `last` and conv module names (`features.1.0`), in network order, each once."""
     names = list(model.conv_layers())
     if spec.strip() == "all":
         return names
-    chosen = {names[block_index(model, item.strip())] for item in spec.split(",") if item.strip()}
+    chosen = {layer_name(model, item.strip()) for item in spec.split(",") if item.strip()}
     if not chosen:
-        raise ParamsError(f"params.yaml visualize.filters_layers: no conv layer named in '{spec}'; "
+        raise ParamsError(f"params.yaml visualize.filters.layers: no conv layer named in '{spec}'; "
                           f"expected 'last', 'all' or some of {', '.join(names)}")
     return [name for name in names if name in chosen]
 
 
-def pre_relu(model: ConvNet, block: int, x: torch.Tensor) -> torch.Tensor:
-    """Feature maps of conv block `block` just before its ReLU, for inputs in [0, 1]."""
-    h = model.features[:block](model.standardize(x))
-    for module in model.features[block]:
-        if isinstance(module, torch.nn.ReLU):
-            return h
-        h = module(h)
-    raise AssertionError("conv block without ReLU")
+class _Reached(Exception):
+    """Raised by a hook to end a forward pass once the wanted map is computed."""
 
 
-def channel_statistics(model: ConvNet, block: int, images: torch.Tensor,
+def pre_activation(model: Network, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The maps of conv layer `layer` just before its nonlinearity (the input of its activation
+    module, `Network.activations`), for inputs in [0, 1]. The forward pass stops there, so
+    the layers after it cost nothing; gradients flow back to `x`."""
+    captured: list[torch.Tensor] = []
+
+    def capture(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        captured.append(inputs[0])
+        raise _Reached
+
+    handle = model.activations()[layer].register_forward_pre_hook(capture)
+    try:
+        model(x)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def channel_statistics(model: Network, layer: str, images: torch.Tensor,
                        batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Per image and channel mean pre-ReLU activation (N, C), and each channel's peak pre-ReLU
+    """Per image and channel mean pre-activation (N, C), and each channel's peak pre-activation
     value over all images and positions (C,): a channel whose peak is <= 0 never fires (dead)."""
     model.eval()
     means, peaks = [], []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            maps = pre_relu(model, block, images[i:i + batch_size])
+            maps = pre_activation(model, layer, images[i:i + batch_size])
             means.append(maps.mean(dim=(2, 3)))
             peaks.append(maps.amax(dim=(0, 2, 3)))
     return torch.cat(means).cpu().numpy(), torch.stack(peaks).amax(dim=0).cpu().numpy()
 
 
-def receptive_field(block: int) -> tuple[int, int]:
-    """(size, stride) in input pixels of a unit of conv block `block`'s pre-ReLU map: every block
-    before it adds a 3x3 conv and a 2x2 pool (3, 8, 18, 38 px for blocks 0-3)."""
-    size, stride = 1, 1
-    for _ in range(block):
-        size, stride = size + 2 * stride + stride, stride * 2
-    return size + 2 * stride, stride
+@dataclasses.dataclass(frozen=True)
+class ReceptiveField:
+    """Where a unit (row, col) of a conv layer's map looks in the input: a `size`-pixel square
+    centred at (`start` + row * `stride`, `start` + col * `stride`)."""
+    size: int
+    stride: int
+    start: float
 
 
-def strongest_unit_boxes(model: ConvNet, block: int, x: torch.Tensor, channels: np.ndarray) -> np.ndarray:
+_SPATIAL = (torch.nn.Conv2d, torch.nn.MaxPool2d, torch.nn.AvgPool2d)
+
+
+def receptive_fields(model: Network) -> dict[str, ReceptiveField]:
+    """The receptive field of every conv layer, from the kernels, strides and paddings of the
+    convolutions and poolings in the order one forward pass runs them (along the main path:
+    a residual shortcut adds no kernel)."""
+    order: list[tuple[str, torch.nn.Module]] = []
+    hooks = [module.register_forward_hook(lambda mod, _i, _o, name=name: order.append((name, mod)))
+             for name, module in model.named_modules() if isinstance(module, _SPATIAL)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=next(model.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    fields, size, stride, start = {}, 1, 1, 0.0
+    for name, module in order:
+        kernel, step, padding = (_pair(getattr(module, key)) for key in ("kernel_size", "stride", "padding"))
+        size += (kernel - 1) * stride
+        start += ((kernel - 1) / 2 - padding) * stride
+        stride *= step
+        if isinstance(module, torch.nn.Conv2d):
+            fields[name] = ReceptiveField(size, stride, start)
+    return fields
+
+
+def _pair(value: int | tuple[int, ...]) -> int:
+    """One side of a square kernel, stride or padding (the study's networks use square ones)."""
+    return value if isinstance(value, int) else value[0]
+
+
+def strongest_unit_boxes(model: Network, layer: str, x: torch.Tensor, channels: np.ndarray) -> np.ndarray:
     """For each image x[k], the receptive field (top, left, bottom, right; inclusive, clipped)
     of the most active unit of channel `channels[k]`."""
-    size, stride = receptive_field(block)
+    field = receptive_fields(model)[layer]
     with torch.no_grad():
-        maps = pre_relu(model.eval(), block, x)[torch.arange(len(x)), torch.as_tensor(channels)]
+        maps = pre_activation(model.eval(), layer, x)[torch.arange(len(x)), torch.as_tensor(channels)]
     width = maps.shape[-1]
-    flat = maps.reshape(len(x), -1).argmax(dim=1).numpy()
-    centre_row, centre_col = (flat // width) * stride + (stride - 1) / 2, (flat % width) * stride + (stride - 1) / 2
-    half = (size - 1) / 2
+    flat = maps.reshape(len(x), -1).argmax(dim=1).cpu().numpy()
+    centre_row, centre_col = field.start + (flat // width) * field.stride, field.start + (flat % width) * field.stride
+    half = (field.size - 1) / 2
     boxes = np.stack([centre_row - half, centre_col - half, centre_row + half, centre_col + half], axis=1)
     return np.clip(np.round(boxes), 0, IMAGE_SIZE - 1).astype(int)
 
 
-def feature_maps(model: ConvNet, x: torch.Tensor) -> dict[str, np.ndarray]:
+def feature_maps(model: Network, x: torch.Tensor) -> dict[str, np.ndarray]:
     """Rectified feature maps of one image (1, 1, 48, 48) at every conv layer: name -> (C, H, W)."""
-    model.eval()
-    names = list(model.conv_layers())
-    with torch.no_grad():
-        return {name: torch.relu(pre_relu(model, block, x))[0].cpu().numpy() for block, name in enumerate(names)}
+    maps: dict[str, np.ndarray] = {}
+    hooks = [module.register_forward_hook(lambda _m, _i, out, name=name: maps.__setitem__(name, out[0].cpu().numpy()))
+             for name, module in model.activations().items()]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return maps
 
 
 def _fourier_scale(size: int) -> torch.Tensor:
@@ -123,17 +178,17 @@ def _jitter(x: torch.Tensor, generator: torch.Generator, max_shift: int, max_rot
     return x
 
 
-def activation_maximisation(model: ConvNet, block: int, steps: int, lr: float, tv_weight: float, seed: int,
+def activation_maximisation(model: Network, layer: str, steps: int, lr: float, tv_weight: float, seed: int,
                             max_shift: int = 2, max_rotation: float = 5.0,
                             max_scale: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One optimised image per channel of `block`, all channels as one batch, with Adam on a
+    """One optimised image per channel of conv layer `layer`, all channels as one batch, with Adam on a
     Fourier parameterisation, a total-variation penalty and random shift/rotation/zoom each step.
 
     Returns (images (C, 48, 48) in [0, 1], each channel's activation on its starting noise,
     and on its final image).
     """
     model.eval()
-    n_channels = model.conv_layers()[list(model.conv_layers())[block]].out_channels
+    n_channels = model.conv_layers()[layer].out_channels
     generator = torch.Generator().manual_seed(seed)
     shape = (n_channels, 1, IMAGE_SIZE, IMAGE_SIZE // 2 + 1)
     spectrum = (torch.randn(*shape, 2, generator=generator) * 0.01).requires_grad_(True)
@@ -145,7 +200,7 @@ def activation_maximisation(model: ConvNet, block: int, steps: int, lr: float, t
         return torch.sigmoid(image)
 
     def objective(x: torch.Tensor) -> torch.Tensor:
-        return pre_relu(model, block, x).mean(dim=(2, 3))[rows, rows]
+        return pre_activation(model, layer, x).mean(dim=(2, 3))[rows, rows]
 
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -1,23 +1,29 @@
-"""The study's CNNs, defined once and built by name, plus the layer table that documents them.
+"""The study's networks, registered by name, the interface the rest of the library uses to look
+at a network, and the layer table that documents them.
 
 Input convention everywhere in the project: float32 batches of shape (N, 1, 48, 48) with pixel
-values in [0, 1]. Each model starts with a fixed `Standardize` layer holding the training set's
+values in [0, 1]. Each network starts with a fixed `Standardize` layer holding the training set's
 mean and standard deviation, so callers (evaluation, captum, MLflow pyfunc) never need to know
 the normalisation.
+
+Adding an architecture: a `Network` subclass with its `Options` dataclass, decorated with
+`@register("<name>")` (docs/development.md#adding-an-architecture). Filters, saliency, sanity
+checks, prediction and the report reach a network only through `Network`'s methods.
 """
 from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from fer import ARCHITECTURES, IMAGE_SIZE, NUM_CLASSES, FerError
+from fer import IMAGE_SIZE, NUM_CLASSES, FerError
 from fer.io import atomic_path
-from fer.params import ModelParams
+from fer.params import ModelParams, ParamsError, check
 
 
 class Standardize(nn.Module):
@@ -32,60 +38,211 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _conv_block(c_in: int, c_out: int, batch_norm: bool, dropout: float) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(c_out))
-    layers += [nn.ReLU(), nn.MaxPool2d(2)]
-    if dropout > 0:
-        layers.append(nn.Dropout2d(dropout))
-    return nn.Sequential(*layers)
+class Network(nn.Module):
+    """What the library needs from a network of the study.
 
+    - `standardize`: the input standardisation, filled from the training data by `fit`;
+    - `conv_layers()`: its conv layers by module name, in execution order;
+    - `activations()`: for each conv layer, the module whose *output* is that layer's rectified
+      feature map (its input is the map before the nonlinearity): Grad-CAM, activation
+      maximisation and the filter atlas hook these;
+    - `describe()`: one line for the report, and `params` (arch name and options) for checkpoints.
 
-class ConvNet(nn.Module):
-    """conv blocks (3x3 conv, [BN], ReLU, 2x2 max-pool) -> flatten -> FC -> ReLU -> FC(7).
+    Each architecture declares its options as a frozen dataclass `Options` with a
+    `validate(where)` method: its `model:` section of params.yaml is built from it, unknown keys
+    rejected. Every ReLU on the measured path must be a module used once (not `inplace`), so that
+    a hook sees exactly one map per forward pass.
+    """
 
-    `trained_on` is what a loaded checkpoint says the weights were trained on
-    (`fer.data.training_data`), None for a new model or a checkpoint that does not say."""
+    Options: ClassVar[type]
+    arch: ClassVar[str]
 
     def __init__(self, params: ModelParams) -> None:
         super().__init__()
         self.params = params
-        self.trained_on: dict[str, str] | None = None
-        channels = ARCHITECTURES[params.arch]
+        self.trained_on: dict[str, str] | None = None  # what a loaded checkpoint says it was trained on
         self.standardize = Standardize()
-        widths = (1, *channels)
+
+    def conv_layers(self) -> dict[str, nn.Conv2d]:
+        return {name: m for name, m in self.named_modules() if isinstance(m, nn.Conv2d)}
+
+    def activations(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def last_activation(self) -> nn.Module:
+        """The rectified maps of the last conv layer: Grad-CAM's layer."""
+        return list(self.activations().values())[-1]
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+ARCHITECTURES: dict[str, type[Network]] = {}
+
+
+def register(name: str) -> Callable[[type[Network]], type[Network]]:
+    """Class decorator: make an architecture buildable by its `arch:` name in params.yaml."""
+    def add(cls: type[Network]) -> type[Network]:
+        if name in ARCHITECTURES:
+            raise ValueError(f"architecture '{name}' is registered twice")
+        cls.arch = name
+        ARCHITECTURES[name] = cls
+        return cls
+    return add
+
+
+def model_params(section: dict[str, Any], where: str) -> ModelParams:
+    """A `model:` section (`arch` plus that architecture's options) as validated ModelParams."""
+    from fer.params import build_section
+
+    check(isinstance(section, dict) and "arch" in section, where, "expected a mapping with an 'arch' key")
+    arch = section["arch"]
+    check(arch in ARCHITECTURES, f"{where}.arch", f"'{arch}' is not one of {', '.join(ARCHITECTURES)}")
+    options = {key: value for key, value in section.items() if key != "arch"}
+    return ModelParams(arch, build_section(ARCHITECTURES[arch].Options, options, where))
+
+
+def _rectify(batch_norm: bool, c_in: int, c_out: int) -> list[nn.Module]:
+    """3x3 conv (padding 1), optional BatchNorm, ReLU."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
+    return layers + ([nn.BatchNorm2d(c_out)] if batch_norm else []) + [nn.ReLU()]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNetOptions:
+    batch_norm: bool
+    dropout_conv: float
+    dropout_fc: float
+    fc_hidden: int
+
+    def validate(self, where: str) -> None:
+        for name in ("dropout_conv", "dropout_fc"):
+            check(0.0 <= getattr(self, name) < 1.0, f"{where}.{name}", "must be in [0, 1)")
+        check(self.fc_hidden > 0, f"{where}.fc_hidden", "must be positive")
+
+
+class ConvNet(Network):
+    """conv blocks (3x3 conv, [BN], ReLU, 2x2 max-pool) -> flatten -> FC -> ReLU -> FC(7); the
+    conv widths are the subclass's `WIDTHS`."""
+
+    Options = ConvNetOptions
+    WIDTHS: ClassVar[tuple[int, ...]]
+
+    def __init__(self, params: ModelParams) -> None:
+        super().__init__(params)
+        options: ConvNetOptions = params.options
+        widths = (1, *self.WIDTHS)
         self.features = nn.Sequential(*(
-            _conv_block(c_in, c_out, params.batch_norm, params.dropout_conv)
+            nn.Sequential(*_rectify(options.batch_norm, c_in, c_out), nn.MaxPool2d(2),
+                          *([nn.Dropout2d(options.dropout_conv)] if options.dropout_conv > 0 else []))
             for c_in, c_out in zip(widths[:-1], widths[1:])
         ))
-        side = IMAGE_SIZE // 2 ** len(channels)
+        side = IMAGE_SIZE // 2 ** len(self.WIDTHS)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels[-1] * side * side, params.fc_hidden),
+            nn.Linear(self.WIDTHS[-1] * side * side, options.fc_hidden),
             nn.ReLU(),
-            nn.Dropout(params.dropout_fc),
-            nn.Linear(params.fc_hidden, NUM_CLASSES),
+            nn.Dropout(options.dropout_fc),
+            nn.Linear(options.fc_hidden, NUM_CLASSES),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(self.standardize(x)))
 
-    def conv_layers(self) -> dict[str, nn.Conv2d]:
-        """The conv layers by their module name (`features.0.0`, ...), first to last."""
-        return {name: m for name, m in self.named_modules() if isinstance(m, nn.Conv2d)}
+    def activations(self) -> dict[str, nn.Module]:
+        return {f"features.{i}.0": next(m for m in block if isinstance(m, nn.ReLU))
+                for i, block in enumerate(self.features)}
+
+    def describe(self) -> str:
+        side = IMAGE_SIZE // 2 ** len(self.WIDTHS)
+        norm = ", BatchNorm" if self.params.options.batch_norm else ""
+        return (f"{len(self.WIDTHS)} conv blocks {'-'.join(map(str, self.WIDTHS))} (3x3 conv{norm}, ReLU, "
+                f"2x2 max-pool), then FC {self.WIDTHS[-1] * side * side}-{self.params.options.fc_hidden}-{NUM_CLASSES}")
 
 
-def build_model(params: ModelParams) -> ConvNet:
-    return ConvNet(params)
+@register("cnn4")
+class CNN4(ConvNet):
+    WIDTHS = (32, 64, 128, 128)
 
 
-def save_checkpoint(model: ConvNet, params: ModelParams, path: Any, **extra: Any) -> None:
+@register("cnn3")
+class CNN3(ConvNet):
+    WIDTHS = (64, 128, 512)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetOptions:
+    width: int  # channels of the stem; the stages have 2x, 4x and 8x as many
+    dropout_fc: float
+
+    def validate(self, where: str) -> None:
+        check(4 <= self.width <= 128, f"{where}.width", "must be in [4, 128]")
+        check(0.0 <= self.dropout_fc < 1.0, f"{where}.dropout_fc", "must be in [0, 1)")
+
+
+class Residual(nn.Module):
+    """x + BN(conv(ReLU(BN(conv(x))))), then ReLU: two 3x3 convs at constant width."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), \
+            nn.BatchNorm2d(channels), nn.ReLU()
+        self.conv2, self.bn2, self.relu2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), \
+            nn.BatchNorm2d(channels), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu2(x + self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))))
+
+
+@register("resnet9")
+class ResNet9(Network):
+    """The ResNet-9 of fast CIFAR-10 training (prep; layer1 + residual; layer2; layer3 + residual)
+    for 48x48 faces: each conv stage pools 2x2 before the next, so the stem works at 48x48, the
+    residual blocks at 12x12 and 3x3, and the head keeps the 3x3 layout of the face (flatten,
+    not global pooling) for one linear layer. About twice CNN4's multiply-adds."""
+
+    Options = ResNetOptions
+
+    def __init__(self, params: ModelParams) -> None:
+        super().__init__(params)
+        w = params.options.width
+        self.stem = nn.Sequential(*_rectify(True, 1, w), nn.MaxPool2d(2))
+        self.layer1 = nn.Sequential(*_rectify(True, w, 2 * w), nn.MaxPool2d(2), Residual(2 * w))
+        self.layer2 = nn.Sequential(*_rectify(True, 2 * w, 4 * w), nn.MaxPool2d(2))
+        self.layer3 = nn.Sequential(*_rectify(True, 4 * w, 8 * w), nn.MaxPool2d(2), Residual(8 * w))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(params.options.dropout_fc),
+                                        nn.Linear(8 * w * 3 * 3, NUM_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.standardize(x)
+        return self.classifier(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+    def activations(self) -> dict[str, nn.Module]:
+        found: dict[str, nn.Module] = {}
+        for stage in ("stem", "layer1", "layer2", "layer3"):
+            block = getattr(self, stage)
+            found[f"{stage}.0"] = block[2]
+            if isinstance(block[-1], Residual):
+                found[f"{stage}.4.conv1"], found[f"{stage}.4.conv2"] = block[-1].relu1, block[-1].relu2
+        return found
+
+    def describe(self) -> str:
+        w = self.params.options.width
+        return (f"ResNet-9: conv {w} (48x48), conv {2 * w} + residual block (12x12), conv {4 * w}, "
+                f"conv {8 * w} + residual block (3x3), each conv stage 3x3 conv, BatchNorm, ReLU, 2x2 max-pool; "
+                f"FC {8 * w * 9}-{NUM_CLASSES}")
+
+
+def build_model(params: ModelParams) -> Network:
+    return ARCHITECTURES[params.arch](params)
+
+
+def save_checkpoint(model: Network, path: Any, **extra: Any) -> None:
     """Weights plus the architecture they belong to, loadable with `weights_only=True`. Written
     through a file object, so that the same weights give the same bytes (given a path, torch
     names the archive's folder after the file, here a random temporary name): the registry
     recognises an unchanged checkpoint by its sha256."""
-    payload = {"model_params": dataclasses.asdict(params), "state_dict": model.state_dict(), **extra}
+    payload = {"model_params": model.params.as_dict(), "state_dict": model.state_dict(), **extra}
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(payload, handle)
 
@@ -119,11 +276,16 @@ def read_checkpoint(path: Any, what: str, keys: tuple[str, ...],
     return payload
 
 
-def load_model(path: Any, device: torch.device | str = "cpu") -> ConvNet:
-    """Rebuild a trained model from `model.pt` without unpickling arbitrary objects."""
+def load_model(path: Any, device: torch.device | str = "cpu") -> Network:
+    """Rebuild a trained model from `model.pt` without unpickling arbitrary objects: the
+    checkpoint names its architecture and options (`model_params`)."""
     payload = read_checkpoint(path, "model checkpoint", ("model_params", "state_dict"), device)
     try:
-        model = build_model(ModelParams(**payload["model_params"]))
+        model = build_model(model_params(payload["model_params"], "model_params"))
+    except ParamsError as error:
+        what = str(error).removeprefix("params.yaml ")  # the checkpoint's own record, not the params file
+        raise CheckpointError(f"{path}: names an architecture this project cannot build ({what})") from None
+    try:
         model.load_state_dict(payload["state_dict"])
     except (TypeError, KeyError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: weights do not fit the architecture it names "

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from fer import ARCHITECTURES, FerError
+from fer import FerError
 
 T = TypeVar("T")
 
@@ -22,7 +23,7 @@ class ParamsError(FerError, ValueError):
     """A params.yaml section is missing, has unknown keys, or holds an invalid value."""
 
 
-def _check(condition: bool, where: str, message: str) -> None:
+def check(condition: bool, where: str, message: str) -> None:
     if not condition:
         raise ParamsError(f"params.yaml {where}: {message}")
 
@@ -51,8 +52,8 @@ class SyntheticParams:
 
     def validate(self, where: str) -> None:
         for name in ("n_train", "n_val", "n_test"):
-            _check(getattr(self, name) >= 7, f"{where}.{name}", "must be at least 7 (one per class)")
-        _check(0.0 <= self.label_noise < 1.0, f"{where}.label_noise", "must be in [0, 1)")
+            check(getattr(self, name) >= 7, f"{where}.{name}", "must be at least 7 (one per class)")
+        check(0.0 <= self.label_noise < 1.0, f"{where}.label_noise", "must be in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,26 +67,29 @@ class PrepareParams:
     synthetic: SyntheticParams
 
     def validate(self, where: str) -> None:
-        _check(self.format in ("auto", "kaggle", "homework", "folders"), f"{where}.format",
+        check(self.format in ("auto", "kaggle", "homework", "folders"), f"{where}.format",
                f"'{self.format}' is not one of auto, kaggle, homework, folders")
-        _check(0.0 < self.val_fraction < 0.5, f"{where}.val_fraction", "must be in (0, 0.5)")
+        check(0.0 < self.val_fraction < 0.5, f"{where}.val_fraction", "must be in (0, 0.5)")
         self.synthetic.validate(f"{where}.synthetic")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-    arch: str
-    batch_norm: bool
-    dropout_conv: float
-    dropout_fc: float
-    fc_hidden: int
+    """A `model:` section: the registered architecture (`fer.models.ARCHITECTURES`) and its own
+    options, a dataclass the architecture declares and validates."""
 
-    def validate(self, where: str) -> None:
-        _check(self.arch in ARCHITECTURES, f"{where}.arch",
-               f"'{self.arch}' is not one of {', '.join(ARCHITECTURES)}")
-        for name in ("dropout_conv", "dropout_fc"):
-            _check(0.0 <= getattr(self, name) < 1.0, f"{where}.{name}", "must be in [0, 1)")
-        _check(self.fc_hidden > 0, f"{where}.fc_hidden", "must be positive")
+    arch: str
+    options: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        """The form saved in checkpoints and read back by `from_section`."""
+        return {"arch": self.arch, **dataclasses.asdict(self.options)}
+
+    @staticmethod
+    def from_section(section: Any, where: str) -> ModelParams:
+        """Built by the architecture registry, imported only here: the registry needs torch, and
+        the stages that never read a model section (prepare) must not depend on the networks."""
+        return importlib.import_module("fer.models").model_params(section, where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +101,10 @@ class AugmentParams:
     erasing_prob: float
 
     def validate(self, where: str) -> None:
-        _check(0 <= self.max_shift <= 12, f"{where}.max_shift", "must be in [0, 12] pixels")
-        _check(0 <= self.max_rotation <= 45, f"{where}.max_rotation", "must be in [0, 45] degrees")
-        _check(0 <= self.max_scale < 0.5, f"{where}.max_scale", "must be in [0, 0.5)")
-        _check(0 <= self.erasing_prob <= 1, f"{where}.erasing_prob", "must be in [0, 1]")
+        check(0 <= self.max_shift <= 12, f"{where}.max_shift", "must be in [0, 12] pixels")
+        check(0 <= self.max_rotation <= 45, f"{where}.max_rotation", "must be in [0, 45] degrees")
+        check(0 <= self.max_scale < 0.5, f"{where}.max_scale", "must be in [0, 0.5)")
+        check(0 <= self.erasing_prob <= 1, f"{where}.erasing_prob", "must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,20 +125,19 @@ class TrainParams:
     seed: int
 
     def validate(self, where: str) -> None:
-        self.model.validate(f"{where}.model")
         self.augment.validate(f"{where}.augment")
-        _check(self.epochs >= 1, f"{where}.epochs", "must be at least 1")
-        _check(self.batch_size >= 2, f"{where}.batch_size", "must be at least 2")
-        _check(self.optimizer in ("sgd", "adamw"), f"{where}.optimizer",
+        check(self.epochs >= 1, f"{where}.epochs", "must be at least 1")
+        check(self.batch_size >= 2, f"{where}.batch_size", "must be at least 2")
+        check(self.optimizer in ("sgd", "adamw"), f"{where}.optimizer",
                f"'{self.optimizer}' is not one of sgd, adamw")
-        _check(self.schedule in ("constant", "onecycle", "cosine", "plateau"), f"{where}.schedule",
+        check(self.schedule in ("constant", "onecycle", "cosine", "plateau"), f"{where}.schedule",
                f"'{self.schedule}' is not one of constant, onecycle, cosine, plateau")
-        _check(self.lr > 0, f"{where}.lr", "must be positive")
-        _check(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1)")
-        _check(0 <= self.consistency <= 100, f"{where}.consistency", "must be in [0, 100] (0: one view per image)")
-        _check(self.precision in ("auto", "fp32", "bf16"), f"{where}.precision",
+        check(self.lr > 0, f"{where}.lr", "must be positive")
+        check(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1)")
+        check(0 <= self.consistency <= 100, f"{where}.consistency", "must be in [0, 100] (0: one view per image)")
+        check(self.precision in ("auto", "fp32", "bf16"), f"{where}.precision",
                f"'{self.precision}' is not one of auto, fp32, bf16")
-        _check(self.early_stopping_patience >= 0, f"{where}.early_stopping_patience",
+        check(self.early_stopping_patience >= 0, f"{where}.early_stopping_patience",
                "must be >= 0 (0 turns early stopping off)")
 
 
@@ -147,58 +150,103 @@ class EvaluateParams:
     top_confusions: int
 
     def validate(self, where: str) -> None:
-        _check(self.batch_size >= 1, f"{where}.batch_size", "must be at least 1")
-        _check(0 <= self.tta_shift <= 8, f"{where}.tta_shift", "must be in [0, 8] pixels (0 turns shifted views off)")
+        check(self.batch_size >= 1, f"{where}.batch_size", "must be at least 1")
+        check(0 <= self.tta_shift <= 8, f"{where}.tta_shift", "must be in [0, 8] pixels (0 turns shifted views off)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyParams:
+    """The networks of the study, in the order the report shows them: each has a
+    `train_<name>` section and stage; evaluate, visualize and report take every one."""
+
+    models: list[str]
+
+    def validate(self, where: str) -> None:
+        check(len(self.models) >= 1, f"{where}.models", "must name at least one model")
+        check(len(set(self.models)) == len(self.models), f"{where}.models", "names a model twice")
+        for name in self.models:
+            check(name.isidentifier(), f"{where}.models", f"'{name}' is not a valid model name "
+                  "(letters, digits and _; it names the train_<name> stage)")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributionParams:
+    """`visualize.methods`: each registered attribution method's options (`fer.saliency`)."""
+
+    by_method: dict[str, Any]
+
+    @staticmethod
+    def from_section(section: Any, where: str) -> AttributionParams:
+        """Built by the method registry, imported only here (it needs torch and captum)."""
+        return AttributionParams(importlib.import_module("fer.saliency").method_options(section, where))
+
+
+@dataclasses.dataclass(frozen=True)
+class SanityParams:
+    images: int                   # validation images for the sanity numbers
+    expensive_images: int         # expensive methods (occlusion): the first N of those
+    deletion_max_fraction: float  # deletion/insertion curves over this share of the pixels
+    deletion_steps: int
+
+    def validate(self, where: str) -> None:
+        for name in ("images", "expensive_images", "deletion_steps"):
+            check(getattr(self, name) >= 1, f"{where}.{name}", "must be at least 1")
+        check(0 < self.deletion_max_fraction <= 1, f"{where}.deletion_max_fraction", "must be in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class FiltersParams:
+    layers: str      # "last", "all", or conv layer names
+    steps: int       # activation maximisation: Adam steps, learning rate, total-variation weight,
+    lr: float
+    tv: float
+    jitter: int      # and the random shift (pixels), rotation (degrees) and zoom of each step
+    rotation: float
+    scale: float
+
+    def validate(self, where: str) -> None:
+        check(self.steps >= 1, f"{where}.steps", "must be at least 1")
+        check(self.lr > 0 and self.tv >= 0, f"{where}.lr/tv", "lr must be positive and tv >= 0")
+        check(self.jitter >= 0 and 0 <= self.scale < 0.5, f"{where}.jitter/scale",
+              "jitter must be >= 0 pixels and scale in [0, 0.5)")
 
 
 @dataclasses.dataclass(frozen=True)
 class VisualizeParams:
-    saliency_model: str
-    filters_model: str
-    filters_layers: str
-    smoothgrad_noise: float
-    smoothgrad_samples: int
-    ig_steps: int
-    sanity_images: int
-    occlusion_images: int
-    deletion_max_fraction: float
-    deletion_steps: int
-    act_max_steps: int
-    act_max_lr: float
-    act_max_tv: float
-    act_max_jitter: int
-    act_max_rotation: float
-    act_max_scale: float
+    methods: AttributionParams
+    sanity: SanityParams
+    filters: FiltersParams
     seed: int
-
-    def validate(self, where: str) -> None:
-        for name in ("smoothgrad_samples", "ig_steps", "sanity_images", "occlusion_images", "deletion_steps",
-                     "act_max_steps"):
-            _check(getattr(self, name) >= 1, f"{where}.{name}", "must be at least 1")
-        _check(0 < self.deletion_max_fraction <= 1, f"{where}.deletion_max_fraction", "must be in (0, 1]")
-        _check(self.act_max_jitter >= 0 and 0 <= self.act_max_scale < 0.5, f"{where}.act_max_jitter/act_max_scale",
-               "jitter must be >= 0 pixels and scale in [0, 0.5)")
 
 
 def build_section(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass `cls` from a mapping, recursing into nested dataclasses, with exact keys."""
-    _check(isinstance(data, dict), where, f"expected a mapping, got {type(data).__name__}")
+    check(isinstance(data, dict), where, f"expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     missing = [n for n in names if n not in data]
-    _check(not unknown, where, f"unknown key(s) {unknown}; expected {names}")
-    _check(not missing, where, f"missing key(s) {missing}")
+    check(not unknown, where, f"unknown key(s) {unknown}; expected {names}")
+    check(not missing, where, f"missing key(s) {missing}")
     values = {}
     for name in names:
         kind, value = hints[name], data[name]
+        if hasattr(kind, "from_section"):  # built by a registry (architectures, attribution methods)
+            values[name] = kind.from_section(value, f"{where}.{name}")
+            continue
         if dataclasses.is_dataclass(kind):
             values[name] = build_section(kind, value, f"{where}.{name}")
+            continue
+        if typing.get_origin(kind) is list:
+            item = typing.get_args(kind)[0]
+            check(isinstance(value, list) and all(isinstance(v, item) for v in value), f"{where}.{name}",
+                  f"expected a list of {item.__name__}, got {value!r}")
+            values[name] = value
             continue
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        _check(ok, f"{where}.{name}", f"expected {kind.__name__}, got {value!r}")
+        check(ok, f"{where}.{name}", f"expected {kind.__name__}, got {value!r}")
         values[name] = value
     built = cls(**values)
     validate = getattr(built, "validate", None)
@@ -216,7 +264,7 @@ def with_overrides(section: dict[str, Any], overrides: dict[str, Any]) -> dict[s
         node = section
         for key in parents:
             node = node.get(key) if isinstance(node, dict) else None
-        _check(isinstance(node, dict) and leaf in node, dotted, "is not a key of the section")
+        check(isinstance(node, dict) and leaf in node, dotted, "is not a key of the section")
         node[leaf] = value
     return section
 
@@ -234,7 +282,7 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 def load_section(cls: type[T], section: str, path: str | Path = "params.yaml") -> T:
     """Load and validate one section of params.yaml as the dataclass `cls`."""
     data = read_params(path)
-    _check(section in data, section, "section is missing")
+    check(section in data, section, "section is missing")
     return build_section(cls, data[section], section)
 
 

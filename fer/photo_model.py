@@ -34,7 +34,7 @@ import torch
 import fer
 from fer import CLASS_NAMES, FerError, tracking
 from fer.faces import DetectorParams
-from fer.models import ConvNet
+from fer.models import Network
 from fer.predict import (
     CHECKPOINT_ARTIFACT,
     MAX_PIXELS,
@@ -98,7 +98,7 @@ def encode_image(image: np.ndarray, extension: str = ".png") -> str:
     return base64.b64encode(data.tobytes()).decode("ascii")
 
 
-def predict_photos(model: ConvNet, encoded: Sequence[Any], detector: DetectorParams,
+def predict_photos(model: Network, encoded: Sequence[Any], detector: DetectorParams,
                    device: torch.device | str = "cpu", limits: RequestLimits = RequestLimits()) -> pd.DataFrame:
     """One row per face found in the photos (columns OUTPUT_COLUMNS); the request is checked
     against `limits` and every photo's header read first, so a bad or oversized request fails as a

@@ -13,7 +13,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from fer.faces import DetectorParams
-from fer.models import ConvNet, load_model
+from fer.models import Network, load_model
 from fer.photo_model import INPUT_COLUMN, BadPhoto, RequestLimits, predict_photos, settings_from_config
 from fer.predict import CHECKPOINT_ARTIFACT
 
@@ -25,7 +25,7 @@ class PhotoModel(mlflow.pyfunc.PythonModel):
         self.detector: DetectorParams
         self.limits: RequestLimits
         self.detector, self.limits = settings_from_config(context.model_config)
-        self.model: ConvNet = load_model(context.artifacts[CHECKPOINT_ARTIFACT])
+        self.model: Network = load_model(context.artifacts[CHECKPOINT_ARTIFACT])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if INPUT_COLUMN not in model_input:

@@ -33,7 +33,7 @@ from fer.faces import (
     to_gray,
 )
 from fer.io import atomic_dir, save_figure
-from fer.models import ConvNet, load_model
+from fer.models import Network, load_model
 from fer.pretrained import DEFAULT_MODEL, describe, trained_on_synthetic
 from fer.training import predict_logits, select_device, to_input
 
@@ -69,7 +69,7 @@ class Faces:
 
 # ---------------------------------------------------------------- models
 
-def _load_registered(uri: str, device: torch.device | str) -> ConvNet:
+def _load_registered(uri: str, device: torch.device | str) -> Network:
     """A model from the MLflow store, rebuilt from the checkpoint it carries (the photo model's
     `artifacts/model.pt`, the tensor model's `extra_files/model.pt`), so that the network, its
     options and its data record are the ones training wrote and Grad-CAM finds its layers."""
@@ -92,7 +92,7 @@ def _load_registered(uri: str, device: torch.device | str) -> ConvNet:
                        "train or report stage)")
 
 
-def load_predictor(spec: str, device: torch.device | str = "cpu") -> ConvNet:
+def load_predictor(spec: str, device: torch.device | str = "cpu") -> Network:
     """The model named by `spec`: a `model.pt` path, or an MLflow model URI (`models:/fer-cnn4@champion`,
     `models:/fer-cnn4-photo@champion`, `models:/fer-cnn4/latest`, `runs:/<id>/model`). A checkpoint
     is loaded weights-only; a file
@@ -104,7 +104,7 @@ def load_predictor(spec: str, device: torch.device | str = "cpu") -> ConvNet:
 
 # ---------------------------------------------------------------- faces and rows
 
-def probabilities(model: ConvNet, crops: np.ndarray, device: torch.device, flip: bool = False,
+def probabilities(model: Network, crops: np.ndarray, device: torch.device, flip: bool = False,
                   shift: int = 0) -> np.ndarray:
     """Class probabilities (K, 7) of uint8 crops (K, 48, 48), from the logits averaged over the
     test-time views (`flip`, `shift`: see `fer.training.tta_views`; the crop alone by default)."""
@@ -113,13 +113,13 @@ def probabilities(model: ConvNet, crops: np.ndarray, device: torch.device, flip:
     return torch.softmax(predict_logits(model, crops, device, flip_tta=flip, shift_tta=shift), dim=1).numpy()
 
 
-def face_probabilities(model: ConvNet, crops: np.ndarray, detector: DetectorParams,
+def face_probabilities(model: Network, crops: np.ndarray, detector: DetectorParams,
                        device: torch.device | str = "cpu") -> np.ndarray:
     """Class probabilities of face crops as `predict` gives them (with the detector's views)."""
     return probabilities(model, crops, torch.device(device), detector.tta_flip, detector.tta_shift)
 
 
-def predict_image(model: ConvNet, image: np.ndarray, detector: DetectorParams, detect: bool = True,
+def predict_image(model: Network, image: np.ndarray, detector: DetectorParams, detect: bool = True,
                   device: torch.device | str = "cpu") -> Faces:
     """The faces of an OpenCV image (gray, BGR or BGRA). Without detection, or for a 48x48
     grayscale image (already a face crop), the whole image is the one face."""
@@ -149,14 +149,15 @@ def face_rows(faces: Faces, **where: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def explain(model: ConvNet, faces: Faces) -> dict[str, np.ndarray]:
-    """Grad-CAM and gradient maps (K, 48, 48) of each face for its predicted class."""
-    from fer.saliency import attribution_maps
+def explain(model: Network, faces: Faces, methods: Sequence[str] = EXPLAIN_METHODS) -> dict[str, np.ndarray]:
+    """Maps (K, 48, 48) of each face for its predicted class, one per registered attribution
+    method named (`fer.saliency.METHODS`), with each method's default options."""
+    from fer.saliency import attribution_maps, default_options
 
     device = next(model.parameters()).device
     x = to_input(torch.as_tensor(faces.crops), device).contiguous()
     targets = torch.as_tensor(faces.probabilities.argmax(1), device=device)
-    return attribution_maps(model, x, targets, 0.0, 1, 1, methods=EXPLAIN_METHODS)
+    return attribution_maps(model, x, targets, default_options(methods))
 
 
 # ---------------------------------------------------------------- drawing
@@ -305,7 +306,7 @@ class Frame:
     faces: Faces
 
 
-def video_frames(model: ConvNet, path: Path, detector: DetectorParams, every: int, detect: bool = True,
+def video_frames(model: Network, path: Path, detector: DetectorParams, every: int, detect: bool = True,
                  device: torch.device | str = "cpu") -> tuple[float, int, Iterator[Frame]]:
     """The video's frame rate, its frame count (0 when the container does not say) and its
     every `every`-th frame with its faces (the frames in between are skipped undecoded)."""
@@ -370,7 +371,7 @@ def _largest_face(faces: Faces) -> np.ndarray:
     return faces.probabilities[int(np.argmax(faces.boxes[:, 2] * faces.boxes[:, 3]))]
 
 
-def predict_video_file(model: ConvNet, path: Path, name: str, out: Path, detector: DetectorParams, every: int,
+def predict_video_file(model: Network, path: Path, name: str, out: Path, detector: DetectorParams, every: int,
                        detect: bool, device: torch.device) -> list[dict[str, Any]]:
     """Rows of every `every`-th frame, `<name>_annotated.avi` (those frames, at the speed of the
     original) and `<name>_emotions.png` (the largest face's probabilities against time)."""
@@ -440,7 +441,7 @@ def match_boxes(truth: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.nd
     return overlap.argmax(1), hit, np.where(hit, best, 0.0), int((overlap.max(0) < MATCH_IOU).sum())
 
 
-def round_trip(model: ConvNet, images: np.ndarray, labels: np.ndarray, detector: DetectorParams,
+def round_trip(model: Network, images: np.ndarray, labels: np.ndarray, detector: DetectorParams,
                canvas: CanvasParams, seed: int, device: torch.device | str = "cpu",
                keep: int = 0) -> tuple[RoundTrip, list[tuple[np.ndarray, Faces]]]:
     """Paste `images` (N, 48, 48) `canvas.faces` at a time onto synthetic photos (background tiles
@@ -517,8 +518,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="predictions", help="output folder")
     parser.add_argument("--no-detect", action="store_true", help="each image is one face already cropped (48x48 "
                         "grayscale images are taken as crops anyway)")
-    parser.add_argument("--explain", action="store_true", help="also write each face's Grad-CAM and gradient "
-                        "map for its predicted class (explain/<image>.png)")
+    parser.add_argument("--explain", nargs="*", metavar="METHOD", help="also write each face's attribution maps "
+                        "for its predicted class (explain/<image>.png): the methods named, any attribution method "
+                        "registered in fer.saliency (an unknown name lists them); none named: "
+                        f"{' and '.join(EXPLAIN_METHODS)}")
     parser.add_argument("--every", type=int, default=10, help="videos: predict on every N-th frame")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse images whose header declares "
                         "more pixels than this (checked before decoding)")
@@ -528,6 +531,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.every < 1:
         parser.error("--every must be at least 1")
+    explained = (args.explain or list(EXPLAIN_METHODS)) if args.explain is not None else []
+    if explained:
+        from fer.saliency import METHODS  # captum: imported only when asked for
+
+        if unknown := [m for m in explained if m not in METHODS]:
+            parser.error(f"--explain: unknown method(s) {', '.join(unknown)}; registered: {', '.join(METHODS)}")
     from tqdm import tqdm
 
     from fer.plots import saliency_figure
@@ -553,10 +562,10 @@ def main(argv: list[str] | None = None) -> None:
             image = read_image(path, args.max_pixels)
             faces = predict_image(model, image, detector, detect, device)
             rows += face_rows(faces, file=str(path))
-            maps = explain(model, faces) if args.explain and len(faces) else None
+            maps = explain(model, faces, explained) if explained and len(faces) else None
             (tmp / "annotated").mkdir(exist_ok=True)
             if not cv2.imwrite(str(tmp / "annotated" / f"{name}.png"),
-                               annotate(image, faces, maps["grad_cam"] if maps else None)):
+                               annotate(image, faces, maps.get("grad_cam") if maps else None)):
                 raise PredictError(f"{tmp / 'annotated'}: cannot write {name}.png")
             if maps:
                 captions = [f"face {k}: {r['top']} {r['probability']:.2f}"

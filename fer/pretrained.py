@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fer.models import ConvNet, load_model
+from fer.models import Network, load_model
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "cnn4_fer2013.pt"
 SYNTHETIC = "synthetic"
 
 
-def describe(model: ConvNet, name: str) -> str:
+def describe(model: Network, name: str) -> str:
     """One line naming the model and the data it was trained on, as its checkpoint records them."""
     data = model.trained_on
     arch = model.params.arch
@@ -24,7 +24,7 @@ def describe(model: ConvNet, name: str) -> str:
     return f"model {name} ({arch}), trained on {where}; prepared data sha256 {data['prepared_sha256'][:12]}"
 
 
-def trained_on_synthetic(model: ConvNet) -> bool:
+def trained_on_synthetic(model: Network) -> bool:
     return bool(model.trained_on) and model.trained_on["source_kind"] == SYNTHETIC
 
 

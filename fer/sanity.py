@@ -10,15 +10,19 @@
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 from scipy import ndimage
 from scipy.stats import spearmanr
 
-from fer.models import ConvNet, build_model
+from fer.models import Network, build_model
 
 
-def randomised_copy(model: ConvNet, seed: int) -> ConvNet:
+def randomised_copy(model: Network, seed: int) -> Network:
     """Same architecture and normalisation, freshly initialised weights and BatchNorm statistics."""
     torch.manual_seed(seed)
     fresh = build_model(model.params)
@@ -48,7 +52,7 @@ def edge_map(images: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def perturbation_curves(model: ConvNet, x: torch.Tensor, targets: torch.Tensor, order: np.ndarray,
+def perturbation_curves(model: Network, x: torch.Tensor, targets: torch.Tensor, order: np.ndarray,
                         fractions: np.ndarray, baseline: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Target-class probability while the pixels in `order` (per image, most important first)
     are deleted (set to `baseline`) or inserted (into an all-`baseline` image), at each fraction.
@@ -93,34 +97,76 @@ def mass_in_mask(maps: np.ndarray, masks: np.ndarray) -> float:
     return float(np.mean(np.divide(inside, total, out=np.zeros_like(inside), where=total > 0)))
 
 
-def sanity_report(model: ConvNet, x: torch.Tensor, targets: torch.Tensor, masks: np.ndarray | None,
-                  methods: tuple[str, ...], map_fn, fractions: np.ndarray, seed: int) -> dict:
-    """All sanity numbers for `methods` on inputs x (N, 1, 48, 48) in [0, 1].
+@dataclasses.dataclass(frozen=True)
+class MethodSanity:
+    """The sanity numbers of one method (or of the `edges` control) on `images` images, with the
+    random-order deletion/insertion baseline on the same images."""
+    images: int
+    randomisation_spearman: float
+    deletion_auc: float
+    insertion_auc: float
+    random_order_deletion_auc: float
+    random_order_insertion_auc: float
+    pointing_game: float | None = None  # with ground-truth masks only (synthetic data)
+    mass_in_mask: float | None = None
 
-    `map_fn(model, x, targets, methods)` returns the maps; it is called for the trained model and
-    for a randomised copy. The edge-detector control is reported as the method `edges`.
+    def headline(self) -> dict[str, float]:
+        """The numbers compared across runs (one DVC metrics row per method)."""
+        return {"randomisation_spearman": self.randomisation_spearman, "deletion_auc": self.deletion_auc,
+                "insertion_auc": self.insertion_auc}
+
+
+@dataclasses.dataclass(frozen=True)
+class SanityReport:
+    """Sanity numbers per method, the edge-detector control under `EDGES`, and, with masks, the
+    share of pixels they cover and what a random map scores."""
+    methods: dict[str, MethodSanity]
+    mask_area_fraction: float | None
+    random_map_pointing_game: float | None
+    random_map_mass_in_mask: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+EDGES = "edges"
+
+
+def sanity_report(model: Network, x: torch.Tensor, targets: torch.Tensor, masks: np.ndarray | None,
+                  maps_fn: Callable[[Network, torch.Tensor, torch.Tensor, list[str]], dict[str, np.ndarray]],
+                  methods: dict[str, int], fractions: np.ndarray, seed: int) -> SanityReport:
+    """All sanity numbers for `methods` (name -> how many of the images x (N, 1, 48, 48) in [0, 1]
+    it is scored on, the first ones), plus the model-free edge detector on all of them.
+
+    `maps_fn(model, x, targets, names)` returns the maps; it is called for the trained model and for
+    a randomised copy. Methods scored on the same number of images share one random-order baseline.
     """
-    trained = map_fn(model, x, targets, methods)
-    randomised = map_fn(randomised_copy(model, seed), x, targets, methods)
-    images = x.squeeze(1).numpy()
-    trained["edges"], randomised["edges"] = edge_map(images), edge_map(images)
     rng = np.random.default_rng(seed)
-    random_order = np.stack([rng.permutation(images[0].size) for _ in images])
-    del_random, ins_random = perturbation_curves(model, x, targets, random_order, fractions)
-    report: dict = {"images": len(x), "random_order": {
-        "deletion_auc": area_under(del_random, fractions), "insertion_auc": area_under(ins_random, fractions)}}
-    if masks is not None:
-        report["mask_area_fraction"] = float((masks > 0).mean())
-        random_maps = rng.random(images.shape)
-        report["random_map"] = {"pointing_game": pointing_game(random_maps, masks),
-                                "mass_in_mask": mass_in_mask(random_maps, masks)}
-    for name, maps in trained.items():
-        order = np.argsort(-maps.reshape(len(maps), -1), axis=1, kind="stable")
-        deletion, insertion = perturbation_curves(model, x, targets, order, fractions)
-        entry = {"randomisation_spearman": float(rank_correlations(maps, randomised[name]).mean()),
-                 "deletion_auc": area_under(deletion, fractions),
-                 "insertion_auc": area_under(insertion, fractions)}
-        if masks is not None:
-            entry.update(pointing_game=pointing_game(maps, masks), mass_in_mask=mass_in_mask(maps, masks))
-        report[name] = entry
-    return report
+    randomised = randomised_copy(model, seed)
+    random_maps = rng.random(x.squeeze(1).shape)
+    rows: dict[str, MethodSanity] = {}
+    groups: dict[int, list[str]] = {}
+    for name, n in methods.items():
+        groups.setdefault(min(n, len(x)), []).append(name)
+    groups.setdefault(len(x), [])
+    for n, names in sorted(groups.items(), reverse=True):
+        xs, ts, ms = x[:n], targets[:n], None if masks is None else masks[:n]
+        images = xs.squeeze(1).cpu().numpy()
+        trained, control = maps_fn(model, xs, ts, names), maps_fn(randomised, xs, ts, names)
+        if n == len(x):
+            trained[EDGES] = control[EDGES] = edge_map(images)
+        random_order = np.stack([rng.permutation(images[0].size) for _ in images])
+        baseline = perturbation_curves(model, xs, ts, random_order, fractions)
+        base_del, base_ins = (area_under(curve, fractions) for curve in baseline)
+        for name, maps in trained.items():
+            order = np.argsort(-maps.reshape(len(maps), -1), axis=1, kind="stable")
+            deletion, insertion = perturbation_curves(model, xs, ts, order, fractions)
+            rows[name] = MethodSanity(
+                n, float(rank_correlations(maps, control[name]).mean()), area_under(deletion, fractions),
+                area_under(insertion, fractions), base_del, base_ins,
+                None if ms is None else pointing_game(maps, ms), None if ms is None else mass_in_mask(maps, ms))
+    ordered = {name: rows[name] for name in [*methods, EDGES]}
+    if masks is None:
+        return SanityReport(ordered, None, None, None)
+    return SanityReport(ordered, float((masks > 0).mean()), pointing_game(random_maps, masks),
+                        mass_in_mask(random_maps, masks))

@@ -13,68 +13,51 @@ from fer.data import Split
 from fer.evaluation import confusion, top_confusions
 from fer.filters import (
     activation_maximisation,
-    block_index,
     channel_statistics,
     conv_layer_names,
     feature_maps,
-    receptive_field,
+    layer_name,
+    receptive_fields,
     strongest_unit_boxes,
 )
 from fer.io import save_figure, write_json, write_npz
-from fer.models import ConvNet, load_model
+from fer.models import Network
 from fer.params import VisualizeParams
 from fer.saliency import METHODS, attribution_maps, class_mean_grad_cam, contrast_maps, select_examples
-from fer.sanity import sanity_report
+from fer.sanity import SanityReport, sanity_report
 from fer.training import predict_logits, to_input
 
 TOP_EXAMPLES = 9
 ATLAS_ROWS = 16  # channels per atlas page
-# Occlusion costs 225 forward passes per image, so its sanity numbers use only the first
-# `occlusion_images` of the sanity sample (with their own random-order baseline).
-SANITY_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "grad_cam")
-# The sanity numbers DVC declares as metrics, one file per method (so `dvc metrics show` has a
-# row per method and three columns); the rest stays in sanity.json.
-HEADLINE_SANITY = ("randomisation_spearman", "deletion_auc", "insertion_auc")
 CONFUSION_CELLS, CELL_EXAMPLES = 2, 3
 
 
-def sanity_headline(sanity: dict) -> dict[str, dict[str, float]]:
-    """Per saliency method (and the random-order baseline), the numbers compared across runs."""
-    return {m: {k: v[k] for k in HEADLINE_SANITY if k in v} for m, v in sanity.items()
-            if isinstance(v, dict) and "deletion_auc" in v}
-
-
-def saliency_outputs(name: str, models_dir: Path, val: Split, params: VisualizeParams, out: Path) -> dict:
-    """Maps for a correct and a misclassified image per class, the sanity numbers, contrast maps
-    of the largest confusion cells and the per-class mean Grad-CAM; returns the sanity report."""
-    model = load_model(models_dir / name / "model.pt")
+def saliency_outputs(model: Network, name: str, val: Split, params: VisualizeParams, out: Path) -> SanityReport:
+    """Maps of every registered method for a correct and a misclassified image per class, the
+    sanity numbers, contrast maps of the largest confusion cells and the per-class mean Grad-CAM;
+    returns the sanity report."""
     cpu = torch.device("cpu")
     predicted = predict_logits(model, val.images, cpu).argmax(1).numpy()
     x_all = to_input(torch.as_tensor(val.images), cpu).contiguous()
     labels = torch.as_tensor(val.labels)
+    options = params.methods.by_method
 
-    def maps_of(net, x, targets, methods=METHODS):
-        return attribution_maps(net, x, targets, params.smoothgrad_noise, params.smoothgrad_samples,
-                                params.ig_steps, methods)
+    def maps_of(net: Network, x: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, np.ndarray]:
+        return attribution_maps(net, x, targets, {m: options[m] for m in names})
 
-    sample = np.random.default_rng(params.seed).permutation(len(val))[:params.sanity_images]
-    fractions = np.linspace(0, params.deletion_max_fraction, params.deletion_steps + 1)
+    sample = np.random.default_rng(params.seed).permutation(len(val))[:params.sanity.images]
+    fractions = np.linspace(0, params.sanity.deletion_max_fraction, params.sanity.deletion_steps + 1)
     masks = None if val.masks is None else val.masks[sample]
-    sanity = sanity_report(model, x_all[sample], labels[sample], masks, SANITY_METHODS, maps_of, fractions, params.seed)
-    few = sample[:params.occlusion_images]
-    occlusion = sanity_report(model, x_all[few], labels[few], None if masks is None else masks[:len(few)],
-                              ("occlusion",), maps_of, fractions, params.seed)
-    sanity["occlusion"] = occlusion["occlusion"] | {
-        "images": len(few), "random_order_deletion_auc": occlusion["random_order"]["deletion_auc"],
-        "random_order_insertion_auc": occlusion["random_order"]["insertion_auc"]}
-    write_json(out / "sanity.json", sanity | {"val_index": sample})
+    scored_on = {m: params.sanity.expensive_images if METHODS[m].expensive else len(sample) for m in options}
+    sanity = sanity_report(model, x_all[sample], labels[sample], masks, maps_of, scored_on, fractions, params.seed)
+    write_json(out / "sanity.json", sanity.as_dict() | {"val_index": sample})
 
     chosen = select_examples(val.labels, predicted, seed=params.seed)
-    maps = maps_of(model, x_all[chosen], labels[chosen])
+    maps = maps_of(model, x_all[chosen], labels[chosen], list(options))
     captions = [f"#{i} {CLASS_NAMES[t]}\npred {CLASS_NAMES[p]}"
                 for i, t, p in zip(chosen, val.labels[chosen], predicted[chosen])]
-    notes = {m: f"rand. r={sanity[m]['randomisation_spearman']:.2f} del={sanity[m]['deletion_auc']:.2f}"
-             for m in maps if m in sanity}
+    notes = {m: f"rand. r={sanity.methods[m].randomisation_spearman:.2f} del={sanity.methods[m].deletion_auc:.2f}"
+             for m in maps}
     save_figure(out / "saliency.png", plots.saliency_figure(
         val.images[chosen], maps, captions, f"{name}: saliency for the true class (validation)", notes))
     write_npz(out / "saliency.npz", val_index=chosen, target=val.labels[chosen], predicted=predicted[chosen], **maps)
@@ -88,8 +71,8 @@ def saliency_outputs(name: str, models_dir: Path, val: Split, params: VisualizeP
         pred += [pair.predicted] * len(cell_rows)
     if rows:
         xb, true_t, pred_t = x_all[rows], torch.as_tensor(true), torch.as_tensor(pred)
-        cell = {"gradient, true class": maps_of(model, xb, true_t, ("gradient",))["gradient"],
-                "gradient, predicted class": maps_of(model, xb, pred_t, ("gradient",))["gradient"],
+        cell = {"gradient, true class": maps_of(model, xb, true_t, ["gradient"])["gradient"],
+                "gradient, predicted class": maps_of(model, xb, pred_t, ["gradient"])["gradient"],
                 "contrast true - predicted": contrast_maps(model, xb, true_t, pred_t)}
         save_figure(out / "confusion_saliency.png", plots.saliency_figure(
             val.images[rows], cell, [f"#{r} {CLASS_NAMES[t]}\n→ {CLASS_NAMES[p]}" for r, t, p in zip(rows, true, pred)],
@@ -104,19 +87,19 @@ def saliency_outputs(name: str, models_dir: Path, val: Split, params: VisualizeP
     return sanity
 
 
-def layer_atlas(model: ConvNet, block: int, val: Split, x_val: torch.Tensor, params: VisualizeParams,
+def layer_atlas(model: Network, layer: str, val: Split, x_val: torch.Tensor, params: VisualizeParams,
                 out: Path, title: str) -> dict:
     """Activation maximisation, the top validation images of every channel with receptive fields,
-    per-channel activation histograms and dead-channel flags for conv block `block`, as an
+    per-channel activation histograms and dead-channel flags for conv layer `layer`, as an
     overview grid, atlas pages of ATLAS_ROWS channels, a layer histogram and the raw arrays."""
-    images, start, final = activation_maximisation(model, block, params.act_max_steps, params.act_max_lr,
-                                                   params.act_max_tv, params.seed, params.act_max_jitter,
-                                                   params.act_max_rotation, params.act_max_scale)
-    val_means, peaks = channel_statistics(model, block, x_val)
+    act = params.filters
+    images, start, final = activation_maximisation(model, layer, act.steps, act.lr, act.tv, params.seed,
+                                                   act.jitter, act.rotation, act.scale)
+    val_means, peaks = channel_statistics(model, layer, x_val)
     dead = peaks <= 0
     n_channels = len(images)
     top = np.argsort(-val_means, axis=0)[:TOP_EXAMPLES].T  # (C, 9) val indices per channel
-    boxes = strongest_unit_boxes(model, block, x_val[top.ravel()], np.repeat(np.arange(n_channels), TOP_EXAMPLES))
+    boxes = strongest_unit_boxes(model, layer, x_val[top.ravel()], np.repeat(np.arange(n_channels), TOP_EXAMPLES))
     boxes = boxes.reshape(n_channels, TOP_EXAMPLES, 4)
     save_figure(out / "filters.png", plots.filter_grid(images, f"{title}: activation maximisation"))
     pages = []
@@ -125,10 +108,10 @@ def layer_atlas(model: ConvNet, block: int, val: Split, x_val: torch.Tensor, par
         pages.append(f"atlas_{len(pages) + 1:02d}.png")
         save_figure(out / pages[-1], plots.filter_atlas(
             images[rows], val.images[top[rows]], boxes[rows], val_means[:, rows], dead[rows], rows.tolist(),
-            f"{title}: channels {rows[0]}-{rows[-1]} (receptive field {receptive_field(block)[0]} px)"))
+            f"{title}: channels {rows[0]}-{rows[-1]} (receptive field {receptive_fields(model)[layer].size} px)"))
     save_figure(out / "activation_histogram.png", plots.histogram_figure(
         val_means.mean(axis=0), f"{title}: {int(dead.sum())} dead of {n_channels} channels",
-        "mean pre-ReLU activation over validation images"))
+        "mean pre-activation over validation images"))
     write_npz(out / "filters.npz", images=images, activation_start=start, activation_final=final,
               top_val_index=top, top_boxes=boxes, val_channel_means=val_means, val_channel_peaks=peaks)
     return {"dir": out.name, "channels": n_channels, "atlas_pages": pages, "dead_channels": np.flatnonzero(dead),
@@ -138,14 +121,13 @@ def layer_atlas(model: ConvNet, block: int, val: Split, x_val: torch.Tensor, par
             "channels_raised_above_val_mean": int(np.sum(final > val_means.mean(axis=0)))}
 
 
-def filter_outputs(name: str, models_dir: Path, val: Split, params: VisualizeParams, out: Path) -> dict:
-    """A filter atlas for each conv layer named in `filters_layers` (one sub-directory each) and
+def filter_outputs(model: Network, name: str, val: Split, params: VisualizeParams, out: Path) -> dict:
+    """A filter atlas for each conv layer named in `filters.layers` (one sub-directory each) and
     the feature maps of one face at every conv layer; returns the per-layer summary."""
-    model = load_model(models_dir / name / "model.pt")
     x_val = to_input(torch.as_tensor(val.images), torch.device("cpu")).contiguous()
-    summary = {layer: layer_atlas(model, block_index(model, layer), val, x_val, params,
+    summary = {layer: layer_atlas(model, layer_name(model, layer), val, x_val, params,
                                   out / layer.replace(".", "_"), f"{name} {layer}")
-               for layer in conv_layer_names(model, params.filters_layers)}
+               for layer in conv_layer_names(model, params.filters.layers)}
     face = int(np.random.default_rng(params.seed).integers(len(val)))
     maps = feature_maps(model, x_val[face:face + 1])
     save_figure(out / "feature_maps.png", plots.feature_maps_figure(

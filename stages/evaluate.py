@@ -16,19 +16,22 @@ from fer.params import EvaluateParams, TrackingParams, load_section, section_dic
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(__doc__, reads_models=True)
-    parser.add_argument("--models", nargs="+", default=["cnn4", "cnn3"], help="models to evaluate")
     parser.add_argument("--out", default="results/evaluate", help="output directory")
-    parser.add_argument("--metrics", default="metrics", help="directory of the <model>/<split>.json metrics files")
+    parser.add_argument("--confusion", default="results/confusion",
+                        help="directory of the <model>_<split>.csv confusion plots")
+    parser.add_argument("--metrics", default="metrics/evaluate", help="directory of the <model>/<split>.json metrics")
     args = parser.parse_args(argv)
     params = load_section(EvaluateParams, "evaluate", args.params)
+    names = cli.study_models(args)
     tracking.check_reachable()
     splits = load_prepared(args.data, SPLITS)
-    with atomic_dir(args.out) as tmp:
-        results = {name: evaluation_outputs(name, Path(args.models_dir), splits, params, tmp / name)
-                   for name in args.models}
+    with atomic_dir(args.out) as tmp, atomic_dir(args.confusion) as confusion, atomic_dir(args.metrics) as metrics_dir:
+        results = {name: evaluation_outputs(name, Path(args.models_dir), splits, params, tmp / name, confusion)
+                   for name in names}
+        for name, metrics in results.items():
+            for split, values in headline(metrics).items():
+                write_json(metrics_dir / name / f"{split}.json", values)
     for name, metrics in results.items():
-        for split, values in headline(metrics).items():
-            write_json(Path(args.metrics) / name / f"{split}.json", values)
         print(f"{name}: " + "  ".join(f"{s} acc {metrics[s]['accuracy']:.4f}" for s in SPLITS))
 
     experiment = tracking.experiment_name(load_section(TrackingParams, "tracking", args.params).experiment)
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
                                  model_id=model.model_id, dataset=datasets[split][1])
         tracking.log_artifacts(Path(args.out) / model.name, "evaluate")
 
-    tracking.stage_runs(experiment, "evaluate", Path(args.models_dir), args.models,
+    tracking.stage_runs(experiment, "evaluate", Path(args.models_dir), names,
                         section_dict("evaluate", args.params), log_outputs)
 
 

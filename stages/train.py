@@ -11,7 +11,7 @@ import numpy as np
 from fer import IMAGE_SIZE, cli, tracking
 from fer.data import data_ref, load_prepared, training_data
 from fer.io import atomic_dir, atomic_path, write_json, write_text
-from fer.models import ConvNet, build_model, layer_table, layer_table_markdown, save_checkpoint
+from fer.models import Network, build_model, layer_table, layer_table_markdown, save_checkpoint
 from fer.params import TrackingParams, TrainParams, load_section, section_dict
 from fer.training import (
     EpochRecord,
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(__doc__)
     parser.add_argument("--model", required=True, help="model name: reads params section train_<model>")
     parser.add_argument("--out", help="output directory (default models/<model>)")
+    parser.add_argument("--history", help="per-epoch history CSV, a DVC plot (default results/history/<model>.csv)")
     parser.add_argument("--checkpoints", default="checkpoints", help="resume-state directory (not a DVC output)")
     args = parser.parse_args(argv)
     section = f"train_{args.model}"
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     experiment = tracking.experiment_name(settings.experiment)
     tracking.check_reachable()
     out = Path(args.out or f"models/{args.model}")
+    history = Path(args.history or f"results/history/{args.model}.csv")
     seed_everything(params.seed)
     reuse_freed_memory()
     device = select_device()
@@ -73,14 +75,14 @@ def main(argv: list[str] | None = None) -> None:
     model.load_state_dict(result.best_state)
     record = {"run_id": run_id, "experiment": experiment, "best_epoch": result.best_epoch,
               "best_val_acc": result.best_val_acc, "precision": result.precision}
-    write_outputs(out, model, params, result, record, args.model, training_data(args.data))
+    write_outputs(out, history, model, result, record, args.model, training_data(args.data))
     unsent = checkpoint.with_suffix(".unsent.json")
     try:
         epoch_log.send_all()
         with tracking.model_run(experiment, args.model, run_id):
             tracking.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
-            for name in ("history.csv", "layers.json", "layers.md"):
-                tracking.log_artifact(out / name, "training")
+            for path in (history, out / "layers.json", out / "layers.md"):
+                tracking.log_artifact(path, "training")
             example = np.random.default_rng(0).random((2, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
             info = tracking.log_torch_model(model, out / "model.pt", example)
             tracking.register(settings.registered_model(args.model),
@@ -101,21 +103,23 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.model}: best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch}; wrote {out}")
 
 
-def write_outputs(out: Path, model: ConvNet, params: TrainParams, result: FitResult, record: dict,
+def write_outputs(out: Path, history: Path, model: Network, result: FitResult, record: dict,
                   name: str, data: dict[str, str]) -> None:
-    """The stage's DVC outputs, as one atomic directory swap; `run.json` gets the logged model's
+    """The stage's DVC outputs: the model directory as one atomic swap, the history beside the
+    other models' (one DVC plot per file of the directory); `run.json` gets the logged model's
     id once the store has it."""
     rows = layer_table(model)
+    with atomic_path(history) as history_file, open(history_file, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[f.name for f in dataclasses.fields(EpochRecord)])
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(r) for r in result.history)
     with atomic_dir(out) as tmp:
-        save_checkpoint(model, params.model, tmp / "model.pt", best_epoch=result.best_epoch, data=data)
-        with atomic_path(tmp / "history.csv") as history_file, open(history_file, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=[f.name for f in dataclasses.fields(EpochRecord)])
-            writer.writeheader()
-            writer.writerows(dataclasses.asdict(r) for r in result.history)
+        save_checkpoint(model, tmp / "model.pt", best_epoch=result.best_epoch, data=data)
         write_json(tmp / "layers.json", {"layers": [dataclasses.asdict(r) for r in rows],
                                          "total_parameters": sum(r.parameters for r in rows)})
         write_text(tmp / "layers.md", layer_table_markdown(rows, f"{name} layers"))
         write_json(tmp / "run.json", record)
+
 
 if __name__ == "__main__":
     cli.run(main)

@@ -23,13 +23,22 @@ def tiny_params(**overrides: dict) -> dict:
     """params.yaml shrunk so that the whole pipeline runs in well under a minute."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["prepare"]["synthetic"].update(n_train=210, n_val=70, n_test=70)
-    for section in ("train_cnn4", "train_cnn3"):
-        params[section].update(epochs=2, batch_size=32)
-        params[section]["model"]["fc_hidden"] = 32
-    params["visualize"].update(filters_layers="features.1.0,last", act_max_steps=4, smoothgrad_samples=2,
-                               ig_steps=4, sanity_images=8, deletion_steps=4)
+    for name in params["study"]["models"]:
+        params[f"train_{name}"].update(epochs=2, batch_size=32)
+        model = params[f"train_{name}"]["model"]
+        model.update({"fc_hidden": 32} if "fc_hidden" in model else {"width": 8} if "width" in model else {})
+    visualize = params["visualize"]
+    visualize["methods"]["smoothgrad"]["samples"] = 2
+    visualize["methods"]["integrated_gradients"]["steps"] = 4
+    visualize["sanity"].update(images=8, expensive_images=4, deletion_steps=4)
+    visualize["filters"].update(layers="last", steps=4)
     for section, values in overrides.items():
-        params[section].update(values)
+        for dotted, value in values.items():  # nested keys as "filters.layers"
+            *parents, leaf = dotted.split(".")
+            node = params[section]
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
     return params
 
 

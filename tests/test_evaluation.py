@@ -80,12 +80,12 @@ def test_reliability_bins() -> None:
 def test_flip_tta_averages_the_logits_of_image_and_mirror() -> None:
     import torch
 
-    from fer.models import build_model
-    from fer.params import ModelParams
+    from fer.models import build_model, model_params
     from fer.training import predict_logits
 
     torch.manual_seed(0)
-    model = build_model(ModelParams("cnn4", False, 0.0, 0.0, 16)).eval()
+    model = build_model(model_params({"arch": "cnn4", "batch_norm": False, "dropout_conv": 0.0,
+                                              "dropout_fc": 0.0, "fc_hidden": 16}, "model")).eval()
     images = np.random.default_rng(0).integers(0, 256, size=(5, 48, 48), dtype=np.uint8)
     plain = predict_logits(model, images, torch.device("cpu"))
     mirrored = predict_logits(model, images[:, :, ::-1].copy(), torch.device("cpu"))
@@ -96,12 +96,12 @@ def test_flip_tta_averages_the_logits_of_image_and_mirror() -> None:
 def test_shift_tta_averages_the_image_and_its_four_edge_padded_shifts() -> None:
     import torch
 
-    from fer.models import build_model
-    from fer.params import ModelParams
+    from fer.models import build_model, model_params
     from fer.training import predict_logits
 
     torch.manual_seed(0)
-    model = build_model(ModelParams("cnn4", False, 0.0, 0.0, 16)).eval()
+    model = build_model(model_params({"arch": "cnn4", "batch_norm": False, "dropout_conv": 0.0,
+                                              "dropout_fc": 0.0, "fc_hidden": 16}, "model")).eval()
     images = np.random.default_rng(1).integers(0, 256, size=(3, 48, 48), dtype=np.uint8)
     padded = np.pad(images, ((0, 0), (2, 2), (2, 2)), mode="edge")
     # Views by hand with numpy: the image, and windows moved 2 px up, down, left and right.

@@ -1,18 +1,30 @@
-"""The two architectures, the layer table and checkpoints."""
+"""The registered architectures, their interface, the layer table and checkpoints."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from fer import FerError
-from fer.models import CheckpointError, build_model, layer_table, layer_table_markdown, load_model, save_checkpoint
+from fer.models import (
+    ARCHITECTURES,
+    CheckpointError,
+    build_model,
+    layer_table,
+    layer_table_markdown,
+    load_model,
+    model_params,
+    save_checkpoint,
+)
 from fer.params import ModelParams
+from tests.conftest import ROOT
 
 
 def params(arch: str, batch_norm: bool = False) -> ModelParams:
-    return ModelParams(arch=arch, batch_norm=batch_norm, dropout_conv=0.0, dropout_fc=0.0, fc_hidden=256)
+    return model_params({"arch": arch, "batch_norm": batch_norm, "dropout_conv": 0.0, "dropout_fc": 0.0,
+                         "fc_hidden": 256}, "model")
 
 
 def test_cnn4_matches_the_study() -> None:
@@ -42,7 +54,7 @@ def test_layer_table_totals_equal_parameter_count(arch: str, batch_norm: bool) -
 def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
     model = build_model(params("cnn4", batch_norm=True))
     model.standardize.mean.fill_(0.3)
-    save_checkpoint(model, params("cnn4", batch_norm=True), tmp_path / "model.pt")
+    save_checkpoint(model, tmp_path / "model.pt")
     loaded = load_model(tmp_path / "model.pt")
     x = torch.rand(3, 1, 48, 48)
     model.eval()
@@ -51,7 +63,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
 
 
 def _saved_cnn4(path: Path) -> Path:
-    save_checkpoint(build_model(params("cnn4")), params("cnn4"), path)
+    save_checkpoint(build_model(params("cnn4")), path)
     return path
 
 
@@ -62,9 +74,13 @@ def _saved_cnn4(path: Path) -> Path:
     (lambda p: torch.save([1, 2, 3], p), "not a model checkpoint (no model_params, state_dict)"),
     (lambda p: torch.save({"fingerprint": "x", "history": []}, p),
      "not a model checkpoint (no model_params, state_dict)"),
-    (lambda p: torch.save({"model_params": dict(vars(params("cnn3"))),
+    (lambda p: torch.save({"model_params": params("cnn3").as_dict(),
                            "state_dict": build_model(params("cnn4")).state_dict()}, p),
      "weights do not fit the architecture it names (RuntimeError: "),
+    (lambda p: torch.save({"model_params": {"arch": "vgg99"}, "state_dict": {}}, p),
+     "names an architecture this project cannot build (model_params.arch: 'vgg99' is not one of cnn4"),
+    (lambda p: torch.save({"model_params": params("cnn4").as_dict() | {"widths": [1]}, "state_dict": {}}, p),
+     "names an architecture this project cannot build (model_params: unknown key(s) ['widths']"),
     (lambda p: p.unlink(), "model checkpoint not found"),
 ])
 def test_a_file_that_is_not_a_checkpoint_names_the_file(tmp_path: Path, damage, message: str) -> None:
@@ -74,3 +90,33 @@ def test_a_file_that_is_not_a_checkpoint_names_the_file(tmp_path: Path, damage, 
         load_model(path)
     assert isinstance(info.value, CheckpointError)
     assert str(info.value).startswith(f"{path}: {message}") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_every_registered_architecture_keeps_the_interface(arch: str, tmp_path: Path) -> None:
+    """What the library reads from a network: 7 logits for 48x48 faces, an activation module
+    for every conv layer whose output has that conv's channels, a one-line description, and a
+    checkpoint that rebuilds the same network from the architecture and options it records."""
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())
+    [model_section] = [s["model"] for name, s in section.items() if name.startswith("train_")
+                       and s["model"]["arch"] == arch] or [None]
+    assert model_section is not None, f"no train_<model> section of params.yaml uses {arch}"
+    torch.manual_seed(0)
+    net = build_model(model_params(model_section, "model")).eval()
+    x = torch.rand(2, 1, 48, 48)
+    assert net(x).shape == (2, 7)
+    convs, activations = net.conv_layers(), net.activations()
+    assert list(activations) == list(convs) and activations[list(convs)[-1]] is net.last_activation()
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [activations[name].register_forward_hook(lambda _m, _i, out, name=name: seen.__setitem__(name, out))
+             for name in convs]
+    net(x)
+    for hook in hooks:
+        hook.remove()
+    for name, conv in convs.items():
+        assert seen[name].shape[1] == conv.out_channels and (seen[name] >= 0).all(), name
+    assert net.describe() and "\n" not in net.describe()
+    save_checkpoint(net, tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")
+    assert loaded.params == net.params and type(loaded) is type(net)
+    torch.testing.assert_close(loaded(x), net(x))

@@ -76,6 +76,9 @@ def test_fer2013_profile_is_the_publictest_winner_of_the_recorded_sweep() -> Non
 def test_bad_visualize_value_is_named(tmp_path: Path) -> None:
     from fer.params import VisualizeParams
 
-    write_params(tmp_path / "params.yaml", tiny_params(visualize={"occlusion_images": 0}))
-    with pytest.raises(ParamsError, match=r"visualize.occlusion_images: must be at least 1"):
+    write_params(tmp_path / "params.yaml", tiny_params(visualize={"sanity.expensive_images": 0}))
+    with pytest.raises(ParamsError, match=r"visualize.sanity.expensive_images: must be at least 1"):
+        load_section(VisualizeParams, "visualize", tmp_path / "params.yaml")
+    write_params(tmp_path / "params.yaml", tiny_params(visualize={"methods.smoothgrad.samples": 0}))
+    with pytest.raises(ParamsError, match=r"visualize.methods.smoothgrad.samples: must be at least 1"):
         load_section(VisualizeParams, "visualize", tmp_path / "params.yaml")

@@ -29,44 +29,44 @@ def declared_plots() -> list:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
 
 
-def trained_models() -> list[str]:
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    return [name.removeprefix("train_") for name in stages if name.startswith("train_")]
+def study_models() -> list[str]:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())["study"]["models"]
 
 
-def image_plots(plots: list) -> list[str]:
+def image_dirs(plots: list) -> list[str]:
     return [entry for entry in plots if isinstance(entry, str)]
 
 
-def chart_files(plots: list) -> dict[str, tuple[str, list[str]]]:
-    """CSV path -> (template, fields) of every Vega plot: `y` maps files to fields, or names a
-    field of the file that is the plot's id."""
-    files: dict[str, tuple[str, list[str]]] = {}
+def plot_files(plots: list) -> dict[str, tuple[str | None, list[str]]]:
+    """Every file the declared plot directories hold after a pipeline run -> (template, CSV
+    fields), template None for a PNG: a history per model, a confusion table per model and
+    split, a history figure per model."""
+    files: dict[str, tuple[str | None, list[str]]] = {}
     for entry in plots:
         if isinstance(entry, str):
+            files |= {f"{entry}/{model}.png": (None, []) for model in study_models()}
             continue
-        (name, spec), = entry.items()
-        y = spec["y"] if isinstance(spec["y"], dict) else {name: spec["y"]}
-        for path, fields in y.items():
-            fields = [fields] if isinstance(fields, str) else fields
-            previous = files.get(path, (spec["template"], [spec["x"]]))[1]
-            files[path] = (spec["template"], previous + [f for f in fields if f not in previous])
+        (directory, spec), = entry.items()
+        fields = [spec["x"], *([spec["y"]] if isinstance(spec["y"], str) else spec["y"])]
+        names = ([f"{m}_{split}" for m in study_models() for split in ("train", "val", "test")]
+                 if spec["template"].startswith("confusion") else study_models())
+        files |= {f"{directory}/{name}.csv": (spec["template"], fields) for name in names}
     return files
 
 
 def write_plot_files(project: Path, plots: list, seed: int) -> None:
-    """Small files at every declared path: numbers for line charts, class names for confusion
-    charts, a grey image for PNG plots (different for each seed, so revisions differ)."""
+    """Small files in every declared directory: numbers for line charts, class names for
+    confusion charts, a grey image for PNG plots (different for each seed, so revisions differ)."""
     rng = np.random.default_rng(seed)
-    for path, (template, fields) in chart_files(plots).items():
+    for path, (template, fields) in plot_files(plots).items():
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        if template is None:
+            Image.new("L", (24, 16), int(rng.integers(256))).save(project / path)
+            continue
         rows = [[CLASS_NAMES[rng.integers(len(CLASS_NAMES))] if template.startswith("confusion")
                  else str(i + 1 if j == 0 else round(float(rng.random()), 3)) for j in range(len(fields))]
                 for i in range(12)]
-        (project / path).parent.mkdir(parents=True, exist_ok=True)
         (project / path).write_text("\n".join(",".join(row) for row in [fields, *rows]) + "\n")
-    for path in image_plots(plots):
-        (project / path).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("L", (24, 16), int(rng.integers(256))).save(project / path)
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +111,22 @@ def test_build_page_inlines_scripts_in_order() -> None:
             build_page(TEMPLATE.read_text(), {"bad 1": code})
 
 
-def test_png_figures_are_declared_for_every_model() -> None:
-    paths = image_plots(declared_plots())
-    for model in trained_models():
-        assert f"reports/history_{model}.png" in paths, model
-        assert any(p.startswith(f"results/evaluate/{model}/confusion_") for p in paths), model
+def test_the_stages_write_into_the_declared_plot_directories() -> None:
+    """A new model's plots appear without a new line in dvc.yaml's plots: its train stage writes
+    its history into the declared directory, evaluate and report write per model there too."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    directories = [next(iter(entry)) if isinstance(entry, dict) else entry for entry in declared_plots()]
+    assert set(directories) == {"results/history", "results/confusion", "reports/history"}
+    for model in study_models():
+        assert f"--history results/history/{model}.csv" in stages[f"train_{model}"]["cmd"], model
+    assert "--confusion results/confusion" in stages["evaluate"]["cmd"]
+    assert "--out reports" in stages["report"]["cmd"]
 
 
 def test_every_declared_plot_is_on_the_page(plots_diff: tuple[Path, str]) -> None:
     out, page = plots_diff
-    plots = declared_plots()
-    paths = image_plots(plots)
+    files = plot_files(declared_plots())
+    paths = [path for path, (template, _) in files.items() if template is None]
     blocks = re.split("<p>(" + "|".join(map(re.escape, paths)) + ")</p>", page)[1:]
     shown = dict(zip(blocks[::2], blocks[1::2]))
     assert sorted(shown) == sorted(paths)
@@ -129,7 +134,7 @@ def test_every_declared_plot_is_on_the_page(plots_diff: tuple[Path, str]) -> Non
         images = dict(re.findall(r'<p>([^<]+)</p>\s*<img src="([^"]+)">', block))
         assert sorted(images) == ["HEAD", "workspace"], (path, images)
         assert (out / images["HEAD"]).read_bytes() != (out / images["workspace"]).read_bytes(), path
-    assert page.count("vegaEmbed('#") == len(plots) - len(paths)
+    assert page.count("vegaEmbed('#") == len(files) - len(paths)
 
 
 def test_page_loads_no_remote_script(plots_diff: tuple[Path, str]) -> None:

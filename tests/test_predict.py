@@ -17,8 +17,7 @@ import torch
 from fer import CLASS_NAMES, cli
 from fer.data.synthetic import generate_split
 from fer.faces import CanvasParams, DetectorParams, box_iou, compose_canvas, crop_faces, detect_faces, is_face_crop
-from fer.models import build_model, save_checkpoint
-from fer.params import ModelParams
+from fer.models import build_model, model_params, save_checkpoint
 from fer.predict import (
     NO_FACE,
     ROW_FIELDS,
@@ -32,7 +31,8 @@ from fer.predict import (
 )
 from tests.conftest import FER2013, ROOT, png_declaring
 
-PARAMS = ModelParams(arch="cnn4", batch_norm=True, dropout_conv=0.0, dropout_fc=0.3, fc_hidden=32)
+PARAMS = model_params({"arch": "cnn4", "batch_norm": True, "dropout_conv": 0.0, "dropout_fc": 0.3, "fc_hidden": 32},
+                      "model")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded, untrained CNN4: the tests compare paths through the code, not accuracy."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(build_model(PARAMS), PARAMS, path)
+    save_checkpoint(build_model(PARAMS), path)
     return path
 
 
@@ -202,7 +202,7 @@ def test_synthetic_model_on_photos_is_named_and_warned(tmp_path: Path, capsys: p
     path = tmp_path / "synthetic.pt"
     data = {"source_kind": "synthetic", "source_file": "synthetic", "prepared_sha256": "ab" * 32,
             "prepared_splits": "train,val"}
-    save_checkpoint(build_model(PARAMS), PARAMS, path, data=data)
+    save_checkpoint(build_model(PARAMS), path, data=data)
     photo = tmp_path / "photo.png"
     cv2.imwrite(str(photo), np.full((120, 160), 90, np.uint8))
     _predict([str(photo), "--model", str(path), "--out", str(tmp_path / "out")])

@@ -20,8 +20,7 @@ import torch
 
 from fer.data.synthetic import generate_split
 from fer.faces import CanvasParams, DetectorParams, compose_canvas
-from fer.models import build_model, save_checkpoint
-from fer.params import ModelParams
+from fer.models import build_model, model_params, save_checkpoint
 from fer.photo_model import OUTPUT_COLUMNS, BadPhoto, RequestLimits, encode_image, predict_photos, register_photo_model
 from fer.predict import load_predictor, probabilities
 from tests.conftest import env_with_venv, free_port, png_declaring, stop_process_groups
@@ -76,10 +75,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     torch.manual_seed(0)
-    params = ModelParams(arch="cnn4", batch_norm=True, dropout_conv=0.0, dropout_fc=0.3, fc_hidden=32)
+    params = model_params({"arch": "cnn4", "batch_norm": True, "dropout_conv": 0.0, "dropout_fc": 0.3,
+                           "fc_hidden": 32}, "model")
     model = build_model(params).eval()
     checkpoint = tmp / "model.pt"
-    save_checkpoint(model, params, checkpoint)
+    save_checkpoint(model, checkpoint)
     try:
         experiment = mlflow.create_experiment("serving", artifact_location=(tmp / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment):

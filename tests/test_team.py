@@ -25,8 +25,9 @@ MACHINE_B_LR = 0.0021
 def team_params() -> dict:
     """Tiny params with the cheapest visualize (each experiment reruns it): what is tested here
     is where things go, not the pictures."""
-    return tiny_params(visualize={"filters_layers": "last", "act_max_steps": 1, "smoothgrad_samples": 1,
-                                  "ig_steps": 2, "sanity_images": 4, "occlusion_images": 1, "deletion_steps": 2})
+    return tiny_params(visualize={"filters.layers": "last", "filters.steps": 1, "methods.smoothgrad.samples": 1,
+                                  "methods.integrated_gradients.steps": 2, "sanity.images": 4,
+                                  "sanity.expensive_images": 1, "sanity.deletion_steps": 2})
 
 
 def stages_run(output: str) -> list[str]:

@@ -33,7 +33,7 @@ from tests.conftest import ROOT, env_with_venv, run, tiny_params, write_params
 
 def train_params(**changes) -> TrainParams:
     base = load_section(TrainParams, "train_cnn4", ROOT / "params.yaml")
-    model = dataclasses.replace(base.model, fc_hidden=16)
+    model = dataclasses.replace(base.model, options=dataclasses.replace(base.model.options, fc_hidden=16))
     return dataclasses.replace(base, model=model, **({"epochs": 2, "batch_size": 32} | changes))
 
 

@@ -12,35 +12,40 @@ import torch
 from fer.data.synthetic import generate_split
 from fer.filters import (
     activation_maximisation,
-    block_index,
     channel_statistics,
     feature_maps,
-    pre_relu,
-    receptive_field,
+    layer_name,
+    pre_activation,
+    receptive_fields,
     strongest_unit_boxes,
 )
-from fer.models import build_model
-from fer.params import ModelParams, TrainParams, load_section
-from fer.saliency import attribution_maps, contrast_maps, select_examples
+from fer.models import build_model, model_params
+from fer.params import TrainParams, load_section
+from fer.saliency import METHODS, attribution_maps, contrast_maps, default_options, select_examples
 from fer.sanity import edge_map, rank_correlations, sanity_report
 from fer.training import fit, seed_everything
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_params, write_params
+
+MODEL_OPTIONS = {"cnn4": {"batch_norm": True, "dropout_conv": 0.0, "dropout_fc": 0.3, "fc_hidden": 32},
+                 "cnn3": {"batch_norm": True, "dropout_conv": 0.0, "dropout_fc": 0.3, "fc_hidden": 32},
+                 "resnet9": {"width": 8, "dropout_fc": 0.3}}
 
 
 def model(arch: str = "cnn4") -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(ModelParams(arch, True, 0.0, 0.3, 32)).eval()
+    return build_model(model_params({"arch": arch, **MODEL_OPTIONS[arch]}, "model")).eval()
 
 
 def test_vanilla_gradient_equals_autograd() -> None:
     net = model()
     x = torch.rand(5, 1, 48, 48)
     targets = torch.tensor([0, 1, 2, 3, 6])
-    maps = attribution_maps(net, x, targets, smoothgrad_noise=0.1, smoothgrad_samples=2, ig_steps=4)
+    maps = attribution_maps(net, x, targets, default_options(METHODS))
     x_ref = x.clone().requires_grad_(True)
     net(x_ref)[torch.arange(5), targets].sum().backward()
     np.testing.assert_allclose(maps["gradient"], x_ref.grad.abs().squeeze(1).numpy(), rtol=1e-5, atol=1e-7)
-    assert set(maps) == {"gradient", "smoothgrad", "integrated_gradients", "grad_cam", "occlusion"}
+    assert list(maps) == list(METHODS) and {"gradient", "smoothgrad", "integrated_gradients", "grad_cam",
+                                            "occlusion"} <= set(METHODS)
     assert all(m.shape == (5, 48, 48) and (m >= 0).all() for m in maps.values())
 
 
@@ -68,32 +73,36 @@ def trained_cnn4():
 
 
 def _maps_of(model, inputs, labels, methods):
-    """The maps of captum `methods`, plus `input_only`: a deliberately model-blind "method"
+    """The maps of registered `methods`, plus `input_only`: a deliberately model-blind "method"
     (the image itself, whatever the model) taken through the same randomisation test."""
-    maps = attribution_maps(model, inputs, labels, 0.15, 4, 8, tuple(m for m in methods if m != "input_only"))
+    maps = attribution_maps(model, inputs, labels, default_options([m for m in methods if m != "input_only"]))
     if "input_only" in methods:
         maps["input_only"] = inputs.detach().squeeze(1).numpy().copy()
     return maps
 
 
 def _sanity(net, val, n: int = 64, methods=("gradient", "grad_cam", "input_only")) -> dict:
+    """The report's numbers as plain dicts: method -> its numbers, plus the report-wide ones."""
     x = torch.as_tensor(val.images[:n, None] / 255.0, dtype=torch.float32)
     targets = torch.as_tensor(val.labels[:n])
-    return sanity_report(net, x, targets, val.masks[:n], methods, _maps_of, np.linspace(0, 0.1, 6), seed=0)
+    report = sanity_report(net, x, targets, val.masks[:n], _maps_of, {m: n for m in methods},
+                           np.linspace(0, 0.1, 6), seed=0)
+    return report.as_dict()["methods"] | {"mask_area_fraction": report.mask_area_fraction,
+                                          "random_map_pointing_game": report.random_map_pointing_game}
 
 
 def test_sanity_numbers_on_synthetic_faces(trained_cnn4) -> None:
     net, val = trained_cnn4
     report = _sanity(net, val)
     assert report["gradient"]["mass_in_mask"] >= 2 * report["mask_area_fraction"]
-    assert report["gradient"]["pointing_game"] >= report["random_map"]["pointing_game"] + 0.4
+    assert report["gradient"]["pointing_game"] >= report["random_map_pointing_game"] + 0.4
     # The randomisation test separates maps that depend on the weights from maps that do not:
     # the trained model's maps decorrelate from its re-initialised copy's, a model-blind map does not.
     assert report["gradient"]["randomisation_spearman"] < 0.3
     assert report["grad_cam"]["randomisation_spearman"] < 0.3
     assert report["input_only"]["randomisation_spearman"] > 0.9
-    assert report["gradient"]["deletion_auc"] < report["random_order"]["deletion_auc"]
-    assert report["gradient"]["insertion_auc"] > report["random_order"]["insertion_auc"]
+    assert report["gradient"]["deletion_auc"] < report["gradient"]["random_order_deletion_auc"]
+    assert report["gradient"]["insertion_auc"] > report["gradient"]["random_order_insertion_auc"]
 
 
 def test_edge_control_depends_on_the_input_only(trained_cnn4) -> None:
@@ -137,8 +146,8 @@ def test_contrast_map_is_the_gradient_of_the_logit_difference(trained_cnn4) -> N
 
 def test_activation_maximisation_raises_each_channel(trained_cnn4) -> None:
     net, val = trained_cnn4
-    block = block_index(net, "last")
-    assert block == 3 and block_index(net, "features.1.0") == 1
+    block = layer_name(net, "last")
+    assert block == "features.3.0" and layer_name(net, "features.1.0") == "features.1.0"
     images, start, final = activation_maximisation(net, block, steps=40, lr=0.03, tv_weight=0.05, seed=0)
     assert images.shape == (128, 48, 48)
     val_x = torch.as_tensor(val.images[:, None] / 255.0, dtype=torch.float32)
@@ -151,7 +160,7 @@ def test_activation_maximisation_raises_each_channel(trained_cnn4) -> None:
     # The objective is the pre-ReLU mean, which is negative for some channels at the start.
     x = torch.as_tensor(images[:, None])
     with torch.no_grad():
-        recomputed = pre_relu(net, block, x).mean(dim=(2, 3)).diagonal().numpy()
+        recomputed = pre_activation(net, block, x).mean(dim=(2, 3)).diagonal().numpy()
     np.testing.assert_allclose(recomputed, final, rtol=1e-4, atol=1e-5)
 
 
@@ -165,20 +174,26 @@ def test_feature_maps_and_dead_channels(trained_cnn4) -> None:
         bn = net.features[3][1]
         saved = bn.bias[5].item()
         bn.bias[5] = -1e4
-        _, peaks = channel_statistics(net, 3, torch.as_tensor(val.images[:, None] / 255.0, dtype=torch.float32))
+        x_val = torch.as_tensor(val.images[:, None] / 255.0, dtype=torch.float32)
+        _, peaks = channel_statistics(net, "features.3.0", x_val)
         bn.bias[5] = saved
     assert peaks[5] <= 0 and (peaks > 0).sum() >= 100
 
 
-def test_receptive_fields_match_the_architecture(trained_cnn4) -> None:
-    assert [receptive_field(b)[0] for b in range(4)] == [3, 8, 18, 38]
-    assert [receptive_field(b)[1] for b in range(4)] == [1, 2, 4, 8]
+def test_receptive_fields_are_computed_from_the_modules(trained_cnn4) -> None:
     net, val = trained_cnn4
+    fields = receptive_fields(net)  # each block adds a 3x3 conv and a 2x2 pool
+    assert [f.size for f in fields.values()] == [3, 8, 18, 38]
+    assert [f.stride for f in fields.values()] == [1, 2, 4, 8]
+    assert [f.start for f in fields.values()] == [0.0, 0.5, 1.5, 3.5]  # a pool's unit sits between its pixels
+    resnet = receptive_fields(model("resnet9"))  # the residual blocks' convs add to the path, their sum does not
+    assert list(resnet) == list(model("resnet9").conv_layers())
+    assert [f.size for f in resnet.values()] == [3, 8, 18, 26, 34, 54, 94, 126]
     x = torch.as_tensor(val.images[:4, None] / 255.0, dtype=torch.float32)
-    boxes = strongest_unit_boxes(net, 0, x, np.array([0, 1, 2, 3]))
+    boxes = strongest_unit_boxes(net, "features.0.0", x, np.array([0, 1, 2, 3]))
     assert ((boxes[:, 2] - boxes[:, 0]) <= 2).all() and (boxes >= 0).all() and (boxes <= 47).all()
     with torch.no_grad():
-        maps = pre_relu(net, 0, x)
+        maps = pre_activation(net, "features.0.0", x)
     for k, (top, left, bottom, right) in enumerate(boxes):
         row, col = divmod(int(maps[k, k].argmax()), 48)
         assert top <= row <= bottom and left <= col <= right
@@ -192,5 +207,41 @@ def test_filter_layers_are_named_by_last_all_or_a_list() -> None:
     assert conv_layer_names(net, "last") == ["features.3.0"]
     assert conv_layer_names(net, "all") == ["features.0.0", "features.1.0", "features.2.0", "features.3.0"]
     assert conv_layer_names(net, "last, features.1.0,last") == ["features.1.0", "features.3.0"]
-    with pytest.raises(ParamsError, match=r"visualize.filters_layers: unknown conv layer 'features.9.0'"):
+    with pytest.raises(ParamsError, match=r"visualize.filters.layers: unknown conv layer 'features.9.0'"):
         conv_layer_names(net, "features.9.0")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_registered_method_is_drawn_and_checked(method: str, trained_cnn4) -> None:
+    """Each method's maps are non-negative (N, 48, 48), its options have a section in both params
+    files, and the sanity report scores it (on fewer images when it is expensive)."""
+    from fer.params import VisualizeParams
+
+    for path in (ROOT / "params.yaml", ROOT / "params" / "fer2013.yaml"):
+        assert method in load_section(VisualizeParams, "visualize", path).methods.by_method
+    net, val = trained_cnn4
+    x = torch.as_tensor(val.images[:6, None] / 255.0, dtype=torch.float32)
+    targets = torch.as_tensor(val.labels[:6])
+    maps = attribution_maps(net, x, targets, default_options([method]))[method]
+    assert maps.shape == (6, 48, 48) and np.isfinite(maps).all() and (maps >= 0).all() and maps.max() > 0
+    scored_on = 3 if METHODS[method].expensive else 6
+    report = sanity_report(net, x, targets, val.masks[:6], _maps_of, {method: scored_on},
+                           np.linspace(0, 0.1, 3), seed=0)
+    row = report.methods[method]
+    assert row.images == scored_on and -1 <= row.randomisation_spearman <= 1
+    assert 0 <= row.deletion_auc <= 1 and 0 <= row.insertion_auc <= 1 and row.pointing_game is not None
+    assert list(report.methods) == [method, "edges"]
+
+
+def test_visualize_params_name_every_registered_method_once(tmp_path: Path) -> None:
+    from fer.params import ParamsError, VisualizeParams
+
+    params = tiny_params()
+    del params["visualize"]["methods"]["grad_cam"]
+    write_params(tmp_path / "params.yaml", params)
+    with pytest.raises(ParamsError, match=r"visualize.methods: missing method\(s\) \['grad_cam'\]"):
+        load_section(VisualizeParams, "visualize", tmp_path / "params.yaml")
+    params["visualize"]["methods"] |= {"grad_cam": {}, "lime": {}}
+    write_params(tmp_path / "params.yaml", params)
+    with pytest.raises(ParamsError, match=r"visualize.methods: unknown method\(s\) \['lime'\]"):
+        load_section(VisualizeParams, "visualize", tmp_path / "params.yaml")
