@@ -33,9 +33,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from fer.data import Split, load_prepared  # noqa: E402
+from fer.inference import predict_logits  # noqa: E402
 from fer.models import build_model  # noqa: E402
 from fer.params import TrainParams, build_section, read_params, with_overrides  # noqa: E402
-from fer.training import EpochRecord, fit, predict_logits, seed_everything, select_device  # noqa: E402
+from fer.runtime import seed_everything, select_device  # noqa: E402
+from fer.training import EpochRecord, fit  # noqa: E402
 
 
 def accuracy(model: torch.nn.Module, split: Split, device: torch.device, **tta: Any) -> float:

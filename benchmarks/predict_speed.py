@@ -7,7 +7,7 @@
 - detection:  `fer.faces.detect_faces` alone on the same photo.
 - prediction: the plain reference, `fer.predict.probabilities` on a batch of 256 ready 48x48
               crops (the CNN alone, batched, one view per crop), and the same batch with the
-              10 test-time views `predict` averages by default (`fer.predict.face_probabilities`).
+              10 test-time views `predict` averages by default (`fer.predict.probabilities` with the detector's views).
 Printed: median wall seconds of --repeats runs (after one warm-up), CPU seconds, faces per
 second, the ratio prediction / photo, and the machine with its load average.
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 
 from fer.data.synthetic import generate_split  # noqa: E402
 from fer.faces import CanvasParams, DetectorParams, compose_canvas, detect_faces  # noqa: E402
-from fer.predict import face_probabilities, load_predictor, predict_image, probabilities  # noqa: E402
+from fer.predict import load_predictor, predict_image, probabilities  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013.csv.gz"
 BATCH = 256
@@ -89,7 +89,7 @@ def main() -> None:
     photo_s, photo_cpu = timed(lambda: predict_image(model, photo, detector, True, cpu), args.repeats)
     detect_s, detect_cpu = timed(lambda: detect_faces(photo, detector), args.repeats)
     batch_s, batch_cpu = timed(lambda: probabilities(model, crops, cpu), args.repeats)
-    views_s, views_cpu = timed(lambda: face_probabilities(model, crops, detector, cpu), args.repeats)
+    views_s, views_cpu = timed(lambda: probabilities(model, crops, cpu, detector), args.repeats)
     photo_rate, batch_rate = found / photo_s, BATCH / batch_s
     print(f"photo 640x480 with {canvas.faces} pasted {kind}, {found} found; detector "
           f"{'+'.join(detector.cascades)}, minNeighbors {detector.min_neighbors}")

@@ -1,13 +1,13 @@
 """Benchmark: training throughput of the pipeline against the bare compute, a plain loop and the
 CPU's measured peak, in fp32 and (where the CPU runs it natively) bf16 side by side.
 
-Measured in one run, same model (train_cnn4's architecture from params.yaml), same batch size,
-for each precision:
+Measured in one run, for each model named (default: train_cnn4's architecture from params.yaml;
+several models are measured one after the other, same batch size), for each precision:
   (a) bare forward + backward + optimizer step on random tensors already in memory, channels-last:
       the compute the pipeline cannot avoid;
   (b) the training stage's `fit` end to end: uint8 data in memory, batched augmentation,
       the per-epoch validation pass, history and checkpoint writing;
-and once, in fp32:
+and once, in fp32, for the first model:
   (c) a plain reference: DataLoader over a TensorDataset with per-sample augmentation
       (random shift, flip, rotation/scale per image), default memory format, no validation:
       what the usual tutorial loop does.
@@ -19,7 +19,8 @@ multiply-adds (counted on the model's conv and linear layers). bf16 is measured 
 `precision: auto` picks it (native bf16): emulated bf16 is several times slower than fp32.
 Prints images/second, the share of the peak and the ratios (b)/(a) and (b)/(c).
 
-Usage: python benchmarks/train_speed.py [--images 4096] [--batch-size 128] [--model cnn4] [--params params.yaml]
+Usage: python benchmarks/train_speed.py [--images 4096] [--batch-size 128] [--model cnn4 [cnn3 ...]]
+           [--params params.yaml]
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
 from fer.data.synthetic import generate_split  # noqa: E402
 from fer.models import build_model  # noqa: E402
 from fer.params import TrainParams, load_section  # noqa: E402
-from fer.training import fit, make_optimizer, resolve_precision, reuse_freed_memory, seed_everything  # noqa: E402
+from fer.runtime import resolve_precision, reuse_freed_memory, seed_everything  # noqa: E402
+from fer.training import fit, make_optimizer  # noqa: E402
 
 
 def bare(params: TrainParams, n_images: int, precision: str) -> float:
@@ -173,35 +175,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4096, help="training images per measurement")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--model", default="cnn4", help="reads params section train_<model>")
+    parser.add_argument("--model", nargs="+", default=["cnn4"], help="reads params section train_<model>")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="params file (e.g. params/fer2013.yaml)")
     args = parser.parse_args()
-    params = load_section(TrainParams, f"train_{args.model}", args.params)
-    params = dataclasses.replace(params, batch_size=args.batch_size)
     seed_everything(0)
     train, val = generate_split(args.images, 0), generate_split(args.images // 8, 1)
     native = resolve_precision("auto", torch.device("cpu"))
     precisions = ["fp32", "bf16"] if native == "bf16" else ["fp32"]
-    flop_per_image = 6 * forward_macs(build_model(params.model))
-    trains_in = resolve_precision(params.precision, torch.device("cpu"))
-    print(f"{args.model} ({args.params}), batch {args.batch_size}, {args.images} images, "
-          f"{torch.get_num_threads()} threads; the pipeline trains in {trains_in} "
-          f"(precision: {params.precision}); training FLOP per image {flop_per_image / 1e6:.0f} M"
+    peaks = {precision: matmul_peak(precision) for precision in precisions}
+    print(f"batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads; matmul peak "
+          + ", ".join(f"{p} {peak / 1e9:.0f} GFLOP/s" for p, peak in peaks.items())
           + ("" if native == "bf16" else "; no native bf16 on this CPU: bf16 not measured"))
-    rows = {}
-    for precision in precisions:
-        peak = matmul_peak(precision)
-        a, b = bare(params, args.images, precision), pipeline(params, train, val, precision)
-        rows[precision] = (peak, a, b)
-        print(f"{precision}: matmul peak {peak / 1e9:6.0f} GFLOP/s   (a) bare {a:6.0f} images/s "
-              f"({a * flop_per_image / peak:4.0%} of peak)   (b) fit {b:6.0f} images/s "
-              f"({b * flop_per_image / peak:4.0%} of peak)   (b)/(a) = {b / a:.2f}")
-    c = reference(params, train, args.images)
-    print(f"(c) DataLoader, per-sample aug: {c:6.0f} images/s (fp32)   fit fp32 / (c) = {rows['fp32'][2] / c:.2f}")
-    if "bf16" in rows:
-        bf16, fp32 = rows["bf16"], rows["fp32"]
-        print(f"bf16 / fp32: bare {bf16[1] / fp32[1]:.2f}x, fit {bf16[2] / fp32[2]:.2f}x")
-    allocator_comparison(params, train, val)
+    first = None
+    for model in args.model:
+        params = load_section(TrainParams, f"train_{model}", args.params)
+        params = dataclasses.replace(params, batch_size=args.batch_size)
+        first = first or params
+        flop_per_image = 6 * forward_macs(build_model(params.model))
+        trains_in = resolve_precision(params.precision, torch.device("cpu"))
+        print(f"{model} ({args.params}): the pipeline trains in {trains_in} (precision: {params.precision}); "
+              f"training FLOP per image {flop_per_image / 1e6:.0f} M")
+        rows = {}
+        for precision in precisions:
+            peak = peaks[precision]
+            a, b = bare(params, args.images, precision), pipeline(params, train, val, precision)
+            rows[precision] = (a, b)
+            print(f"  {precision}: (a) bare {a:6.0f} images/s ({a * flop_per_image / peak:4.0%} of peak)   "
+                  f"(b) fit {b:6.0f} images/s ({b * flop_per_image / peak:4.0%} of peak)   (b)/(a) = {b / a:.2f}")
+        if "bf16" in rows:
+            (bare16, fit16), (bare32, fit32) = rows["bf16"], rows["fp32"]
+            print(f"  bf16 / fp32: bare {bare16 / bare32:.2f}x, fit {fit16 / fit32:.2f}x")
+        if params is first:
+            c = reference(params, train, args.images)
+            print(f"  (c) DataLoader, per-sample aug: {c:6.0f} images/s (fp32)   "
+                  f"fit fp32 / (c) = {rows['fp32'][1] / c:.2f}")
+    allocator_comparison(first, train, val)
 
 
 if __name__ == "__main__":

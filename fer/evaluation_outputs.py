@@ -11,10 +11,11 @@ import numpy as np
 from fer import CLASS_NAMES, plots
 from fer import evaluation as ev
 from fer.data import Split
+from fer.inference import predict_logits
 from fer.io import save_figure, write_json, write_text
 from fer.models import load_model
 from fer.params import EvaluateParams
-from fer.training import predict_logits, select_device
+from fer.runtime import select_device
 
 # What `dvc metrics show/diff` and `dvc exp show` compare across experiments; the per-class
 # tables and everything else stay in results/ (and MLflow, and the report).

@@ -55,7 +55,7 @@ class DetectorParams:
         brings the crop closest to the pasted square.
     shift: downward shift of the crop centre, as a fraction of the detected box side.
     tta_flip, tta_shift: the prediction averages the logits of the crop, its copies shifted by
-        `tta_shift` pixels and their mirrors (`fer.training.tta_views`; 0 and False: the crop
+        `tta_shift` pixels and their mirrors (`fer.inference.tta_views`; 0 and False: the crop
         alone). A detected box misses the FER2013 framing by a few pixels, and the averaged views
         change their answer less for that (docs/predict.md).
     """

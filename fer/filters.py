@@ -68,18 +68,28 @@ def pre_activation(model: Network, layer: str, x: torch.Tensor) -> torch.Tensor:
     return captured[0]
 
 
-def channel_statistics(model: Network, layer: str, images: torch.Tensor,
-                       batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Per image and channel mean pre-activation (N, C), and each channel's peak pre-activation
-    value over all images and positions (C,): a channel whose peak is <= 0 never fires (dead)."""
+@dataclasses.dataclass(frozen=True)
+class ChannelStatistics:
+    """What the validation images do to each channel of a layer, from its pre-activation maps:
+    the mean per image (N, C), the peak over all images and positions (C,; a channel whose peak
+    is <= 0 never fires: dead), and the (row, col) of the strongest unit per image (N, C, 2)."""
+    means: np.ndarray
+    peaks: np.ndarray
+    strongest: np.ndarray
+
+
+def channel_statistics(model: Network, layer: str, images: torch.Tensor, batch_size: int = 256) -> ChannelStatistics:
     model.eval()
-    means, peaks = [], []
+    means, peaks, strongest = [], [], []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             maps = pre_activation(model, layer, images[i:i + batch_size])
             means.append(maps.mean(dim=(2, 3)))
             peaks.append(maps.amax(dim=(0, 2, 3)))
-    return torch.cat(means).cpu().numpy(), torch.stack(peaks).amax(dim=0).cpu().numpy()
+            flat = maps.flatten(2).argmax(dim=2)
+            strongest.append(torch.stack([flat // maps.shape[-1], flat % maps.shape[-1]], dim=-1))
+    return ChannelStatistics(torch.cat(means).cpu().numpy(), torch.stack(peaks).amax(dim=0).cpu().numpy(),
+                             torch.cat(strongest).cpu().numpy())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,17 +133,12 @@ def _pair(value: int | tuple[int, ...]) -> int:
     return value if isinstance(value, int) else value[0]
 
 
-def strongest_unit_boxes(model: Network, layer: str, x: torch.Tensor, channels: np.ndarray) -> np.ndarray:
-    """For each image x[k], the receptive field (top, left, bottom, right; inclusive, clipped)
-    of the most active unit of channel `channels[k]`."""
-    field = receptive_fields(model)[layer]
-    with torch.no_grad():
-        maps = pre_activation(model.eval(), layer, x)[torch.arange(len(x)), torch.as_tensor(channels)]
-    width = maps.shape[-1]
-    flat = maps.reshape(len(x), -1).argmax(dim=1).cpu().numpy()
-    centre_row, centre_col = field.start + (flat // width) * field.stride, field.start + (flat % width) * field.stride
+def unit_boxes(field: ReceptiveField, units: np.ndarray) -> np.ndarray:
+    """The receptive fields (top, left, bottom, right; inclusive, clipped to the image) of units
+    given as (..., 2) (row, col) positions in a layer's map."""
+    centre = field.start + units * field.stride
     half = (field.size - 1) / 2
-    boxes = np.stack([centre_row - half, centre_col - half, centre_row + half, centre_col + half], axis=1)
+    boxes = np.concatenate([centre - half, centre + half], axis=-1)
     return np.clip(np.round(boxes), 0, IMAGE_SIZE - 1).astype(int)
 
 
@@ -179,16 +184,18 @@ def _jitter(x: torch.Tensor, generator: torch.Generator, max_shift: int, max_rot
 
 
 def activation_maximisation(model: Network, layer: str, steps: int, lr: float, tv_weight: float, seed: int,
-                            max_shift: int = 2, max_rotation: float = 5.0,
-                            max_scale: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One optimised image per channel of conv layer `layer`, all channels as one batch, with Adam on a
-    Fourier parameterisation, a total-variation penalty and random shift/rotation/zoom each step.
+                            max_shift: int = 2, max_rotation: float = 5.0, max_scale: float = 0.05,
+                            channels: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One optimised image per channel of conv layer `layer` (the first `channels`, 0: all), all
+    as one batch, with Adam on a Fourier parameterisation, a total-variation penalty and random
+    shift/rotation/zoom each step.
 
     Returns (images (C, 48, 48) in [0, 1], each channel's activation on its starting noise,
     and on its final image).
     """
     model.eval()
     n_channels = model.conv_layers()[layer].out_channels
+    n_channels = min(n_channels, channels) if channels else n_channels
     generator = torch.Generator().manual_seed(seed)
     shape = (n_channels, 1, IMAGE_SIZE, IMAGE_SIZE // 2 + 1)
     spectrum = (torch.randn(*shape, 2, generator=generator) * 0.01).requires_grad_(True)

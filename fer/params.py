@@ -203,9 +203,11 @@ class FiltersParams:
     jitter: int      # and the random shift (pixels), rotation (degrees) and zoom of each step
     rotation: float
     scale: float
+    channels: int    # the first N channels of each layer are optimised and drawn (0: all)
 
     def validate(self, where: str) -> None:
         check(self.steps >= 1, f"{where}.steps", "must be at least 1")
+        check(self.channels >= 0, f"{where}.channels", "must be >= 0 (0: every channel)")
         check(self.lr > 0 and self.tv >= 0, f"{where}.lr/tv", "lr must be positive and tv >= 0")
         check(self.jitter >= 0 and 0 <= self.scale < 0.5, f"{where}.jitter/scale",
               "jitter must be >= 0 pixels and scale in [0, 0.5)")

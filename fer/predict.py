@@ -32,10 +32,11 @@ from fer.faces import (
     is_face_crop,
     to_gray,
 )
+from fer.inference import predict_logits, to_input
 from fer.io import atomic_dir, save_figure
 from fer.models import Network, load_model
 from fer.pretrained import DEFAULT_MODEL, describe, trained_on_synthetic
-from fer.training import predict_logits, select_device, to_input
+from fer.runtime import select_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -104,19 +105,16 @@ def load_predictor(spec: str, device: torch.device | str = "cpu") -> Network:
 
 # ---------------------------------------------------------------- faces and rows
 
-def probabilities(model: Network, crops: np.ndarray, device: torch.device, flip: bool = False,
-                  shift: int = 0) -> np.ndarray:
-    """Class probabilities (K, 7) of uint8 crops (K, 48, 48), from the logits averaged over the
-    test-time views (`flip`, `shift`: see `fer.training.tta_views`; the crop alone by default)."""
+def probabilities(model: Network, crops: np.ndarray, device: torch.device | str = "cpu",
+                  views: DetectorParams | None = None) -> np.ndarray:
+    """Class probabilities (K, 7) of uint8 crops (K, 48, 48): from the logits averaged over the
+    detector's test-time views (`views.tta_flip`, `views.tta_shift`, see `fer.inference.tta_views`)
+    as `predict` gives them, or of the crop alone without `views`."""
     if len(crops) == 0:
         return np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
-    return torch.softmax(predict_logits(model, crops, device, flip_tta=flip, shift_tta=shift), dim=1).numpy()
-
-
-def face_probabilities(model: Network, crops: np.ndarray, detector: DetectorParams,
-                       device: torch.device | str = "cpu") -> np.ndarray:
-    """Class probabilities of face crops as `predict` gives them (with the detector's views)."""
-    return probabilities(model, crops, torch.device(device), detector.tta_flip, detector.tta_shift)
+    flip, shift = (views.tta_flip, views.tta_shift) if views else (False, 0)
+    logits = predict_logits(model, crops, torch.device(device), flip_tta=flip, shift_tta=shift)
+    return torch.softmax(logits, dim=1).numpy()
 
 
 def predict_image(model: Network, image: np.ndarray, detector: DetectorParams, detect: bool = True,
@@ -130,7 +128,7 @@ def predict_image(model: Network, image: np.ndarray, detector: DetectorParams, d
     else:
         boxes = squares = np.array([[0, 0, gray.shape[1], gray.shape[0]]], dtype=np.int64)
         crops = cv2.resize(gray, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)[None]
-    return Faces(boxes, squares, crops, face_probabilities(model, crops, detector, device))
+    return Faces(boxes, squares, crops, probabilities(model, crops, device, detector))
 
 
 def face_rows(faces: Faces, **where: Any) -> list[dict[str, Any]]:
@@ -466,8 +464,8 @@ def round_trip(model: Network, images: np.ndarray, labels: np.ndarray, detector:
         false_positives.append(extra)
         if len(kept) < keep:
             kept.append((photo, faces))
-    predicted_original = face_probabilities(model, images, detector, device).argmax(1)
-    predicted_pasted = face_probabilities(model, pasted_crops, detector, device).argmax(1)
+    predicted_original = probabilities(model, images, device, detector).argmax(1)
+    predicted_pasted = probabilities(model, pasted_crops, device, detector).argmax(1)
     return RoundTrip(pasted, detected, iou, correlation, np.asarray(labels), predicted_original, predicted_crop,
                      predicted_pasted, np.asarray(false_positives)), kept
 

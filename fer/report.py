@@ -140,10 +140,11 @@ def filters_section(study: StudyResults, report_dir: Path) -> list[str]:
         for layer, s in m.filters["layers"].items():
             layer_dir = m.visualize_dir / s["dir"]
             out += [f"### {m.name}, layer `{layer}` ({s['channels']} channels)", "",
-                    f"Activation maximisation raised the mean channel pre-activation from "
+                    f"Activation maximisation of {s['optimised_channels']} of the {s['channels']} channels raised "
+                    "their mean pre-activation from "
                     f"{s['mean_activation_start']:.3f} (starting noise) to {s['mean_activation_final']:.3f}, against "
                     f"{s['mean_activation_val_images']:.3f} on validation images; {s['channels_raised_above_start']} "
-                    f"of {s['channels']} channels end above their start and {s['channels_raised_above_val_mean']} "
+                    f"of {s['optimised_channels']} end above their start and {s['channels_raised_above_val_mean']} "
                     f"above their validation mean; {len(s['dead_channels'])} channels never fire on the validation "
                     "images (dead).", "",
                     _figure(layer_dir / "filters.png", f"{layer} activation maximisation", report_dir),

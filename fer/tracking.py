@@ -27,8 +27,10 @@ import hashlib
 import importlib
 import logging
 import os
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -476,10 +478,17 @@ def log_artifacts(directory: str | Path, artifact_path: str | None = None) -> No
     mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
 
 
-def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+def log_artifact(path: str | Path, artifact_path: str | None = None, name: str | None = None) -> None:
+    """Log one file, under `name` when given (the file's own name otherwise)."""
     import mlflow
 
-    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    if name is None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        renamed = Path(tmp) / name
+        shutil.copyfile(path, renamed)
+        mlflow.log_artifact(str(renamed), artifact_path=artifact_path)
 
 
 def log_torch_model(model: Any, checkpoint: Path, example: np.ndarray) -> Any:

@@ -18,14 +18,14 @@ from fer.filters import (
     feature_maps,
     layer_name,
     receptive_fields,
-    strongest_unit_boxes,
+    unit_boxes,
 )
+from fer.inference import predict_logits, to_input
 from fer.io import save_figure, write_json, write_npz
 from fer.models import Network
 from fer.params import VisualizeParams
 from fer.saliency import METHODS, attribution_maps, class_mean_grad_cam, contrast_maps, select_examples
 from fer.sanity import SanityReport, sanity_report
-from fer.training import predict_logits, to_input
 
 TOP_EXAMPLES = 9
 ATLAS_ROWS = 16  # channels per atlas page
@@ -91,20 +91,23 @@ def layer_atlas(model: Network, layer: str, val: Split, x_val: torch.Tensor, par
                 out: Path, title: str) -> dict:
     """Activation maximisation, the top validation images of every channel with receptive fields,
     per-channel activation histograms and dead-channel flags for conv layer `layer`, as an
-    overview grid, atlas pages of ATLAS_ROWS channels, a layer histogram and the raw arrays."""
+    overview grid and atlas pages of ATLAS_ROWS channels (the first `filters.channels`: activation
+    maximisation costs a batch of images per channel), and the histogram, dead flags and top images
+    of every channel, with the raw arrays."""
     act = params.filters
     images, start, final = activation_maximisation(model, layer, act.steps, act.lr, act.tv, params.seed,
-                                                   act.jitter, act.rotation, act.scale)
-    val_means, peaks = channel_statistics(model, layer, x_val)
+                                                   act.jitter, act.rotation, act.scale, act.channels)
+    stats = channel_statistics(model, layer, x_val)
+    val_means, peaks = stats.means, stats.peaks
     dead = peaks <= 0
-    n_channels = len(images)
+    n_channels, drawn = val_means.shape[1], len(images)
     top = np.argsort(-val_means, axis=0)[:TOP_EXAMPLES].T  # (C, 9) val indices per channel
-    boxes = strongest_unit_boxes(model, layer, x_val[top.ravel()], np.repeat(np.arange(n_channels), TOP_EXAMPLES))
-    boxes = boxes.reshape(n_channels, TOP_EXAMPLES, 4)
-    save_figure(out / "filters.png", plots.filter_grid(images, f"{title}: activation maximisation"))
+    boxes = unit_boxes(receptive_fields(model)[layer], stats.strongest[top, np.arange(n_channels)[:, None]])
+    shown = f"channels 0-{drawn - 1} of {n_channels}" if drawn < n_channels else f"{n_channels} channels"
+    save_figure(out / "filters.png", plots.filter_grid(images, f"{title}: activation maximisation, {shown}"))
     pages = []
-    for first in range(0, n_channels, ATLAS_ROWS):
-        rows = np.arange(first, min(first + ATLAS_ROWS, n_channels))
+    for first in range(0, drawn, ATLAS_ROWS):
+        rows = np.arange(first, min(first + ATLAS_ROWS, drawn))
         pages.append(f"atlas_{len(pages) + 1:02d}.png")
         save_figure(out / pages[-1], plots.filter_atlas(
             images[rows], val.images[top[rows]], boxes[rows], val_means[:, rows], dead[rows], rows.tolist(),
@@ -114,11 +117,12 @@ def layer_atlas(model: Network, layer: str, val: Split, x_val: torch.Tensor, par
         "mean pre-activation over validation images"))
     write_npz(out / "filters.npz", images=images, activation_start=start, activation_final=final,
               top_val_index=top, top_boxes=boxes, val_channel_means=val_means, val_channel_peaks=peaks)
-    return {"dir": out.name, "channels": n_channels, "atlas_pages": pages, "dead_channels": np.flatnonzero(dead),
+    return {"dir": out.name, "channels": n_channels, "optimised_channels": drawn, "atlas_pages": pages,
+            "dead_channels": np.flatnonzero(dead),
             "mean_activation_start": float(start.mean()), "mean_activation_final": float(final.mean()),
-            "mean_activation_val_images": float(val_means.mean()),
+            "mean_activation_val_images": float(val_means[:, :drawn].mean()),  # of the optimised channels
             "channels_raised_above_start": int(np.sum(final > start)),
-            "channels_raised_above_val_mean": int(np.sum(final > val_means.mean(axis=0)))}
+            "channels_raised_above_val_mean": int(np.sum(final > val_means[:, :drawn].mean(axis=0)))}
 
 
 def filter_outputs(model: Network, name: str, val: Split, params: VisualizeParams, out: Path) -> dict:

@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="directory of the <model>_<split>.csv confusion plots")
     parser.add_argument("--metrics", default="metrics/evaluate", help="directory of the <model>/<split>.json metrics")
     args = parser.parse_args(argv)
+    tracking.check_reachable()
     params = load_section(EvaluateParams, "evaluate", args.params)
     names = cli.study_models(args)
-    tracking.check_reachable()
     splits = load_prepared(args.data, SPLITS)
     with atomic_dir(args.out) as tmp, atomic_dir(args.confusion) as confusion, atomic_dir(args.metrics) as metrics_dir:
         results = {name: evaluation_outputs(name, Path(args.models_dir), splits, params, tmp / name, confusion)

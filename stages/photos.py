@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(__doc__, reads_models=True)
     parser.add_argument("--out", default="results/photos", help="output directory")
     args = parser.parse_args(argv)
-    names = cli.study_models(args)
     tracking.check_reachable()
+    names = cli.study_models(args)
     models_dir = Path(args.models_dir)
     source = read_json(Path(args.data) / "quality.json")["source"]
     with atomic_dir(args.out) as tmp:

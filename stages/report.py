@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default="results", help="where evaluate, visualize and photos wrote")
     parser.add_argument("--out", default="reports", help="output directory")
     args = parser.parse_args(argv)
+    tracking.check_reachable()
     names = cli.study_models(args)
     sanity = load_section(VisualizeParams, "visualize", args.params).sanity
-    tracking.check_reachable()
     results, out, models_dir = Path(args.results), Path(args.out), Path(args.models_dir)
     source = read_json(Path(args.data) / "quality.json")["source"]
     started = time.perf_counter()

@@ -13,18 +13,8 @@ from fer.data import data_ref, load_prepared, training_data
 from fer.io import atomic_dir, atomic_path, write_json, write_text
 from fer.models import Network, build_model, layer_table, layer_table_markdown, save_checkpoint
 from fer.params import TrackingParams, TrainParams, load_section, section_dict
-from fer.training import (
-    EpochRecord,
-    FitResult,
-    abandoned_run_id,
-    fingerprint,
-    fit,
-    load_resume_state,
-    resolve_precision,
-    reuse_freed_memory,
-    seed_everything,
-    select_device,
-)
+from fer.runtime import resolve_precision, reuse_freed_memory, seed_everything, select_device
+from fer.training import EpochRecord, FitResult, abandoned_run_id, fingerprint, fit, load_resume_state
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = Path(args.checkpoints) / f"{args.model}.pt"
     resume = load_resume_state(checkpoint, job)
     if resume:
-        print(f"resuming {args.model} after epoch {len(resume['history'])} from {checkpoint}")
+        print(f"resuming {args.model} after epoch {len(resume.history)} from {checkpoint}")
     elif abandoned := abandoned_run_id(checkpoint, job):
         tracking.end_run(abandoned, "KILLED")  # its params or data changed: it will never be continued
     model = build_model(params.model)
@@ -58,13 +48,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"training {args.model} on {device} in {precision} "
           f"({len(splits['train'])} train / {len(splits['val'])} val images)")
 
-    run_id = tracking.open_run(experiment, args.model, resume["run_id"] if resume else None,
+    run_id = tracking.open_run(experiment, args.model, resume.run_id if resume else None,
                                params=section_dict(section, args.params) | {"precision_used": precision})
     if not resume:
         refs = {name: data_ref(args.data, name) for name in splits}
         tracking.log_datasets(run_id, {name: (ref, tracking.dataset(ref, splits[name].images, splits[name].labels))
                                        for name, ref in refs.items()})
-    epoch_log = tracking.EpochLog(run_id, [EpochRecord(**row) for row in resume["history"]] if resume else [])
+    epoch_log = tracking.EpochLog(run_id, resume.records() if resume else [])
     try:
         with tracking.system_metrics(run_id, resumed=resume is not None):
             result = fit(model, splits["train"], splits["val"], params, device, checkpoint, job, run_id, resume,
@@ -81,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         epoch_log.send_all()
         with tracking.model_run(experiment, args.model, run_id):
             tracking.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
-            for path in (history, out / "layers.json", out / "layers.md"):
-                tracking.log_artifact(path, "training")
+            tracking.log_artifact(history, "training", name="history.csv")
+            for name in ("layers.json", "layers.md"):
+                tracking.log_artifact(out / name, "training")
             example = np.random.default_rng(0).random((2, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
             info = tracking.log_torch_model(model, out / "model.pt", example)
             tracking.register(settings.registered_model(args.model),

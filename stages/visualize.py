@@ -12,7 +12,7 @@ from fer.data import data_ref, load_split
 from fer.io import atomic_dir, write_json
 from fer.models import load_model
 from fer.params import TrackingParams, VisualizeParams, load_section, section_dict
-from fer.training import seed_everything
+from fer.runtime import seed_everything
 from fer.visual_outputs import filter_outputs, saliency_outputs
 
 
@@ -22,9 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", default="metrics/saliency",
                         help="directory of the <model>/<method>.json sanity metrics")
     args = parser.parse_args(argv)
+    tracking.check_reachable()
     params = load_section(VisualizeParams, "visualize", args.params)
     names = cli.study_models(args)
-    tracking.check_reachable()
     seed_everything(params.seed)
     val = load_split(Path(args.data) / "val.npz")
     models_dir = Path(args.models_dir)

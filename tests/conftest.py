@@ -31,7 +31,7 @@ def tiny_params(**overrides: dict) -> dict:
     visualize["methods"]["smoothgrad"]["samples"] = 2
     visualize["methods"]["integrated_gradients"]["steps"] = 4
     visualize["sanity"].update(images=8, expensive_images=4, deletion_steps=4)
-    visualize["filters"].update(layers="last", steps=4)
+    visualize["filters"].update(layers="last", steps=4, channels=16)
     for section, values in overrides.items():
         for dotted, value in values.items():  # nested keys as "filters.layers"
             *parents, leaf = dotted.split(".")

@@ -80,8 +80,8 @@ def test_reliability_bins() -> None:
 def test_flip_tta_averages_the_logits_of_image_and_mirror() -> None:
     import torch
 
+    from fer.inference import predict_logits
     from fer.models import build_model, model_params
-    from fer.training import predict_logits
 
     torch.manual_seed(0)
     model = build_model(model_params({"arch": "cnn4", "batch_norm": False, "dropout_conv": 0.0,
@@ -96,8 +96,8 @@ def test_flip_tta_averages_the_logits_of_image_and_mirror() -> None:
 def test_shift_tta_averages_the_image_and_its_four_edge_padded_shifts() -> None:
     import torch
 
+    from fer.inference import predict_logits
     from fer.models import build_model, model_params
-    from fer.training import predict_logits
 
     torch.manual_seed(0)
     model = build_model(model_params({"arch": "cnn4", "batch_norm": False, "dropout_conv": 0.0,

@@ -53,7 +53,7 @@ def start_training(project: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def comparable_history(project: Path) -> list[dict[str, str]]:
-    with open(project / "models" / "cnn4" / "history.csv") as handle:
+    with open(project / "results" / "history" / "cnn4.csv") as handle:
         return [{k: v for k, v in row.items() if k not in ("epoch_seconds", "images_per_second")}
                 for row in csv.DictReader(handle)]
 
@@ -144,7 +144,7 @@ def test_server_still_down_at_the_end_then_resent_by_a_rerun(mlflow_server, tmp_
     assert not (project / "checkpoints" / "cnn4.unsent.json").exists() and not checkpoint.exists()
 
 
-@pytest.mark.parametrize("stage", ["prepare", "train", "evaluate", "visualize", "report"])
+@pytest.mark.parametrize("stage", ["prepare", "train", "evaluate", "visualize", "photos", "report"])
 def test_stage_fails_fast_when_the_server_is_down(stage: str, tmp_path: Path) -> None:
     write_params(tmp_path / "params.yaml", tiny_params())
     os.symlink(ROOT / "fer", tmp_path / "fer")

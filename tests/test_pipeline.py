@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -31,8 +32,71 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.slow
 
-MODELS = ("cnn4", "cnn3")
 PREFIX = tiny_params()["tracking"]["registered_model_prefix"]
+
+# A researcher's additions, made in the shared run's project before anything runs: an architecture
+# (its class, its params section, one stage block, its name in the model list) and an attribution
+# method (its function and its options section). Nothing else in the project is touched.
+TOY_ARCHITECTURE = '''
+
+@dataclasses.dataclass(frozen=True)
+class TinyOptions:
+    width: int
+
+    def validate(self, where: str) -> None:
+        check(self.width >= 1, f"{where}.width", "must be at least 1")
+
+
+@register("tiny")
+class Tiny(Network):
+    """One strided 5x5 conv, a 4x4 average pool and a linear read-out."""
+
+    Options = TinyOptions
+
+    def __init__(self, params: ModelParams) -> None:
+        super().__init__(params)
+        width = params.options.width
+        self.conv, self.relu = nn.Conv2d(1, width, 5, stride=2, padding=2), nn.ReLU()
+        self.pool, self.head = nn.AdaptiveAvgPool2d(4), nn.Linear(width * 16, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.relu(self.conv(self.standardize(x)))).flatten(1))
+
+    def activations(self) -> dict[str, nn.Module]:
+        return {"conv": self.relu}
+
+    def describe(self) -> str:
+        return f"one 5x5 conv ({self.params.options.width} channels, stride 2), 4x4 average pool, FC"
+'''
+TOY_METHOD = '''
+
+@register_method("input_times_gradient")
+def input_times_gradient(model: Network, x: torch.Tensor, target: list[int], options: NoOptions) -> torch.Tensor:
+    """|input x gradient|."""
+    return (x * Saliency(model).attribute(x, target=target)).abs()
+'''
+TOY = "tiny"
+TOY_METHOD_NAME = "input_times_gradient"
+
+
+def extend_project(project: Path) -> str:
+    """Add the toy architecture and attribution method; returns `git diff --stat` of the change."""
+    with open(project / "fer" / "models.py", "a") as handle:
+        handle.write(TOY_ARCHITECTURE)
+    with open(project / "fer" / "saliency.py", "a") as handle:
+        handle.write(TOY_METHOD)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["study"]["models"].append(TOY)
+    params[f"train_{TOY}"] = params["train_cnn4"] | {"model": {"arch": TOY, "width": 4}}
+    params["visualize"]["methods"][TOY_METHOD_NAME] = {}
+    write_params(project / "params.yaml", params)
+    stages = (project / "dvc.yaml").read_text()
+    block = re.search(r"\n  train_cnn3:\n.*?\n\n", stages, re.S).group(0)
+    (project / "dvc.yaml").write_text(stages.replace(block, block + block.replace("cnn3", TOY).lstrip("\n")))
+    return run(["git", "diff", "--stat"], project).stdout
+
+
+MODELS = (*tiny_params()["study"]["models"], TOY)
 
 
 def stages_run(output: str) -> list[str]:
@@ -45,6 +109,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     short trainings get some), then the outputs committed as the baseline."""
     project = make_tiny_project(tmp_path_factory.mktemp("pipeline") / "project")
     run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "the project as shipped"], project)
+    extension = extend_project(project)
+    run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "code"], project)
     code_commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     first = run(["dvc", "repro"], project, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
@@ -54,7 +121,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     experiment = client.get_experiment_by_name(tiny_params()["tracking"]["experiment"])
     assert experiment is not None
     return {"project": project, "output": first.stdout, "code_commit": code_commit, "client": client,
-            "experiment": experiment}
+            "experiment": experiment, "extension": extension}
 
 
 def runs_by_name(pipeline: dict, experiment_id: str | None = None) -> dict:
@@ -73,16 +140,24 @@ def prepared_md5s(project: Path) -> dict[str, str]:
 
 def test_every_stage_runs_and_writes_its_outputs(pipeline: dict) -> None:
     project = pipeline["project"]
-    assert stages_run(pipeline["output"]) == ["prepare", "train_cnn4", "train_cnn3", "evaluate", "visualize", "report"]
-    for path in ("data/prepared/train.npz", "models/cnn4/model.pt", "models/cnn3/history.csv",
-                 "metrics/cnn4/test.json", "metrics/cnn3/val.json", "metrics/saliency/gradient.json",
-                 "results/evaluate/cnn4/confusion_val.png",
-                 "results/visualize/cnn3/saliency.png", "results/visualize/cnn4/features_1_0/atlas_01.png",
-                 "results/visualize/cnn4/features_3_0/atlas_08.png", "results/visualize/cnn4/feature_maps.png",
-                 "dvc.lock"):
-        assert (project / path).is_file(), path
-    sanity = json.loads((project / "results" / "visualize" / "cnn3" / "sanity.json").read_text())
-    assert sanity["occlusion"]["images"] == min(tiny_params()["visualize"]["occlusion_images"], sanity["images"])
+    ran = stages_run(pipeline["output"])
+    assert ran[0] == "prepare" and ran[-4:] == ["evaluate", "visualize", "photos", "report"]
+    assert sorted(ran[1:-4]) == sorted(f"train_{m}" for m in MODELS)
+    last = {"cnn4": "features_3_0", "cnn3": "features_2_0", "resnet9": "layer3_4_conv2", TOY: "conv"}
+    for model in MODELS:
+        for path in (f"models/{model}/model.pt", f"results/history/{model}.csv", f"metrics/evaluate/{model}/test.json",
+                     f"metrics/saliency/{model}/gradient.json", f"metrics/saliency/{model}/occlusion.json",
+                     f"results/confusion/{model}_val.csv", f"results/evaluate/{model}/confusion_val.png",
+                     f"results/visualize/{model}/saliency.png", f"results/visualize/{model}/{last[model]}/atlas_01.png",
+                     f"results/visualize/{model}/feature_maps.png", f"reports/history/{model}.png"):
+            assert (project / path).is_file(), path
+        sanity = json.loads((project / "results" / "visualize" / model / "sanity.json").read_text())
+        assert sanity["methods"]["occlusion"]["images"] == tiny_params()["visualize"]["sanity"]["expensive_images"]
+        assert sanity["methods"]["gradient"]["images"] == tiny_params()["visualize"]["sanity"]["images"]
+    assert (project / "dvc.lock").is_file() and (project / "data/prepared/train.npz").is_file()
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    files = next(iter(shown.values()))["data"]
+    assert {f"metrics/saliency/{m}/{method}.json" for m in MODELS for method in ("gradient", "edges")} <= set(files)
     assert_report_matches_metrics(project)
     assert stages_run(run(["dvc", "repro"], project).stdout) == []  # a second repro is a no-op
 
@@ -91,11 +166,12 @@ def test_training_runs_record_their_data_params_and_provenance(pipeline: dict) -
     client, project = pipeline["client"], pipeline["project"]
     runs = runs_by_name(pipeline)
     md5 = prepared_md5s(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
     epochs = tiny_params()["train_cnn4"]["epochs"]
     for name in MODELS:
         run_info = client.get_run(runs[name].info.run_id)
         assert run_info.info.status == "FINISHED"
-        assert run_info.data.params["lr"] == str(tiny_params()[f"train_{name}"]["lr"])
+        assert run_info.data.params["lr"] == str(params[f"train_{name}"]["lr"])
         assert "registered_model_prefix" not in json.dumps(run_info.data.params)
         tags = run_info.data.tags
         assert tags["dvc_stage"] == f"train_{name}" and tags["model"] == name
@@ -141,16 +217,17 @@ def test_evaluation_and_visualisation_log_into_runs_of_their_own(pipeline: dict)
         expected = json.loads((project / "results" / "evaluate" / name / "metrics.json").read_text())
         assert on_model[("test_accuracy", "synthetic:test")] == pytest.approx(expected["test"]["accuracy"])
         assert ("val_accuracy", "synthetic:val") in on_model
-    visual_cnn3 = runs["visualize-cnn3"]
-    assert visual_cnn3.data.tags["mlflow.parentRunId"] == runs["cnn3"].info.run_id
-    assert visual_cnn3.data.params["ig_steps"] == str(tiny_params()["visualize"]["ig_steps"])
-    assert {Path(a.path).name for a in client.list_artifacts(visual_cnn3.info.run_id, "visualize")} >= {
-        "saliency.png", "saliency.npz", "sanity.json"}
-    assert "saliency_gradient.deletion_auc" in visual_cnn3.data.metrics
-    for layer in ("features_1_0", "features_3_0"):  # the two layers named in tiny params' filters_layers
-        atlas = {Path(a.path).name for a in client.list_artifacts(runs["visualize-cnn4"].info.run_id,
-                                                                     f"visualize/{layer}")}
-        assert {"filters.png", "filters.npz", "atlas_01.png", "activation_histogram.png"} <= atlas, layer
+    for name in MODELS:
+        visual = runs[f"visualize-{name}"]
+        assert visual.data.tags["mlflow.parentRunId"] == runs[name].info.run_id
+        assert visual.data.params["methods.integrated_gradients.steps"] == str(
+            tiny_params()["visualize"]["methods"]["integrated_gradients"]["steps"])
+        assert {Path(a.path).name for a in client.list_artifacts(visual.info.run_id, "visualize")} >= {
+            "saliency.png", "saliency.npz", "sanity.json", "feature_maps.png"}
+        assert "saliency_gradient.deletion_auc" in visual.data.metrics
+    atlas = {Path(a.path).name
+             for a in client.list_artifacts(runs["visualize-cnn4"].info.run_id, "visualize/features_3_0")}
+    assert {"filters.png", "filters.npz", "atlas_01.png", "activation_histogram.png"} <= atlas
     report = runs["report"]
     assert {Path(a.path).name for a in client.list_artifacts(report.info.run_id, "report")} >= {"report.html",
                                                                                                 "report.md"}
@@ -160,7 +237,6 @@ def test_registry_names_the_champions(pipeline: dict) -> None:
     """`@champion` resolves for each tensor model and for cnn4's photo model, which bundles the
     shipped FER2013 weights (the models were trained on synthetic faces); no cnn3 weights ship."""
     import mlflow
-    import numpy as np
 
     from fer.pretrained import DEFAULT_MODEL
 
@@ -175,7 +251,7 @@ def test_registry_names_the_champions(pipeline: dict) -> None:
         checkpoint = (project / "models" / name / "model.pt").read_bytes()
         assert champion.tags["checkpoint_sha256"] == hashlib.sha256(checkpoint).hexdigest()
     photo = client.get_model_version_by_alias(f"{PREFIX}cnn4-photo", "champion")
-    assert photo.run_id == runs_by_name(pipeline)["report"].info.run_id
+    assert photo.run_id == runs_by_name(pipeline)["photos"].info.run_id
     bundled = Path(mlflow.artifacts.download_artifacts(f"models:/{PREFIX}cnn4-photo@champion"))
     assert (bundled / "artifacts" / "model.pt").read_bytes() == DEFAULT_MODEL.read_bytes()
     assert (bundled / "photo_pyfunc.py").is_file() and not list(bundled.glob("*.pkl"))  # models from code
@@ -189,6 +265,53 @@ def test_dvc_exp_show_names_each_models_run(pipeline: dict) -> None:
         assert run_id in shown, name
     table = run(["dvc", "exp", "show", "--no-pager", "--md"], pipeline["project"]).stdout
     assert "run_id" in table
+
+
+def predict(project: Path, out: str, *options: str) -> list[dict]:
+    """`python -m fer.predict` in the project (its fer/, its MLflow store) on one test face."""
+    import cv2
+
+    face = project / "face.png"
+    cv2.imwrite(str(face), np.load(project / "data" / "prepared" / "test.npz")["images"][0])
+    run(["python", "-m", "fer.predict", str(face), "--no-detect", "--out", out, *options], project,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"})
+    return [json.loads(line) for line in (project / out / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_an_added_architecture_goes_through_the_whole_study(pipeline: dict) -> None:
+    """The toy network, added by its class, its params section, one stage block and its name in
+    study.models, is trained, evaluated, explained (saliency with sanity numbers, filters),
+    reported, registered and usable by `predict`."""
+    project, client = pipeline["project"], pipeline["client"]
+    changed = sorted(line.split("|")[0].strip() for line in pipeline["extension"].splitlines() if "|" in line)
+    assert changed == ["dvc.yaml", "fer/models.py", "fer/saliency.py", "params.yaml"], pipeline["extension"]
+    metrics = json.loads((project / "metrics" / "evaluate" / TOY / "test.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1
+    sanity = json.loads((project / "results" / "visualize" / TOY / "sanity.json").read_text())
+    assert set(sanity["methods"]) >= {"gradient", "grad_cam", "occlusion", "edges"}
+    assert (project / "results" / "visualize" / TOY / "conv" / "atlas_01.png").is_file()
+    report = (project / "reports" / "report.md").read_text()
+    assert f"**{TOY}**: one 5x5 conv (4 channels, stride 2)" in report and f"### {TOY}, layer `conv`" in report
+    champion = client.get_model_version_by_alias(f"{PREFIX}{TOY}", "champion")
+    assert champion.run_id == json.loads((project / "models" / TOY / "run.json").read_text())["run_id"]
+    served = predict(project, "by-uri", "--model", f"models:/{PREFIX}{TOY}@champion")
+    from_file = predict(project, "by-file", "--model", f"models/{TOY}/model.pt")
+    assert served[0]["top"] == from_file[0]["top"] and served[0]["probability"] == from_file[0]["probability"]
+
+
+def test_an_added_attribution_method_is_drawn_checked_offered_and_reported(pipeline: dict) -> None:
+    project = pipeline["project"]
+    for model in MODELS:
+        maps = np.load(project / "results" / "visualize" / model / "saliency.npz")
+        assert maps[TOY_METHOD_NAME].shape[1:] == (48, 48) and (maps[TOY_METHOD_NAME] >= 0).all()
+        sanity = json.loads((project / "results" / "visualize" / model / "sanity.json").read_text())
+        assert -1 <= sanity["methods"][TOY_METHOD_NAME]["randomisation_spearman"] <= 1
+        assert (project / "metrics" / "saliency" / model / f"{TOY_METHOD_NAME}.json").is_file()
+    report = (project / "reports" / "report.md").read_text()
+    assert f"**{TOY_METHOD_NAME}**: |input x gradient|" in report
+    assert report.count(f"| {TOY_METHOD_NAME} |") == len(MODELS)  # a sanity row per model
+    predict(project, "explained", "--model", "models/cnn4/model.pt", "--explain", TOY_METHOD_NAME)
+    assert (project / "explained" / "explain" / "face.png").is_file()
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -228,7 +351,7 @@ def test_the_mlflow_ui_shows_each_model_within_two_clicks(pipeline: dict, tmp_pa
         evaluation = page(f"/{runs['evaluate-cnn4']}")
         assert "Parent run" in evaluation and "test_accuracy" in evaluation
         assert "confusion_val.png" in page(f"/{runs['evaluate-cnn4']}/artifacts/evaluate/confusion_val.png")
-        assert "saliency.png" in page(f"/{runs['visualize-cnn3']}/artifacts/visualize/saliency.png")
+        assert "saliency.png" in page(f"/{runs['visualize-resnet9']}/artifacts/visualize/saliency.png")
         assert "atlas_01.png" in page(f"/{runs['visualize-cnn4']}/artifacts/visualize/features_3_0/atlas_01.png")
     finally:
         stop_process_groups([server])
@@ -261,11 +384,11 @@ def test_one_changed_training_param_reruns_its_model_only(pipeline: dict) -> Non
     params["train_cnn3"]["lr"] = 0.0005
     write_params(project / "params.yaml", params)
     changed = run(["dvc", "repro"], project)
-    assert stages_run(changed.stdout) == ["train_cnn3", "evaluate", "visualize", "report"]
+    assert stages_run(changed.stdout) == ["train_cnn3", "evaluate", "visualize", "photos", "report"]
     assert (project / "reports" / "report.md").read_text() != report_before
     assert_report_matches_metrics(project)
     assert "train_cnn3.lr" in run(["dvc", "params", "diff"], project).stdout
-    assert "metrics/cnn3/val.json" in run(["dvc", "metrics", "diff"], project).stdout
+    assert "metrics/evaluate/cnn3/val.json" in run(["dvc", "metrics", "diff"], project).stdout
     client = pipeline["client"]
     cnn3_runs = [r for r in client.search_runs([pipeline["experiment"].experiment_id]) if r.info.run_name == "cnn3"]
     assert len(cnn3_runs) == 2
@@ -345,7 +468,7 @@ def assert_report_matches_metrics(project: Path) -> None:
     for section in SECTIONS:
         assert f"<h2>{section}</h2>" in page and f"## {section}" in markdown_text
     images = re.findall(r"<img[^>]*>", page)
-    assert len(images) == markdown_text.count("![") >= 15
+    assert len(images) == markdown_text.count("![") >= 12 * len(MODELS)  # 12 figures per model
     assert all('src="data:image/png;base64,' in tag for tag in images)
     assert not re.search(r"https?://", page)
     assert not re.search(r'(src|href)="(?!data:)', page)

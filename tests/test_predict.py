@@ -21,7 +21,6 @@ from fer.models import build_model, model_params, save_checkpoint
 from fer.predict import (
     NO_FACE,
     ROW_FIELDS,
-    face_probabilities,
     load_predictor,
     main,
     predict_image,
@@ -66,7 +65,7 @@ def test_face_crops_skip_detection(tmp_path: Path, checkpoint: Path) -> None:
     auto, forced = _rows(tmp_path / "auto"), _rows(tmp_path / "forced")
     assert auto == forced and len(auto) == len(faces)
     model = load_predictor(str(checkpoint))
-    expected = face_probabilities(model, faces, DetectorParams())
+    expected = probabilities(model, faces, views=DetectorParams())
     got = np.array([[float(r[c]) for c in CLASS_NAMES] for r in auto])
     np.testing.assert_allclose(got, expected, atol=2e-6)
     _predict([str(folder), "--model", str(checkpoint), "--out", str(tmp_path / "plain"), "--no-tta"])

@@ -80,8 +80,8 @@ def clone(team: dict, name: str) -> Path:
 
 def test_pipeline_logs_everything_to_the_tracking_server(team: dict) -> None:
     project, server = team["project"], team["server"]
-    assert stages_run(team["first_output"]) == ["prepare", "train_cnn4", "train_cnn3", "evaluate", "visualize",
-                                                "report"]
+    assert stages_run(team["first_output"]) == ["prepare", "train_cnn4", "train_cnn3", "train_resnet9", "evaluate",
+                                                "visualize", "photos", "report"]
     assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
 
     client = MlflowClient(tracking_uri=server.url)

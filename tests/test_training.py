@@ -17,17 +17,8 @@ from fer.augment import augment_batch
 from fer.data.synthetic import generate_split
 from fer.models import build_model
 from fer.params import AugmentParams, TrainParams, load_section
-from fer.training import (
-    CPU_BF16_PROBES,
-    EpochRecord,
-    HardwareProbes,
-    TrainingDiverged,
-    consistency_loss,
-    fit,
-    resolve_precision,
-    seed_everything,
-    torch_probes,
-)
+from fer.runtime import CPU_BF16_PROBES, HardwareProbes, resolve_precision, seed_everything, torch_probes
+from fer.training import EpochRecord, TrainingDiverged, consistency_loss, fit
 from tests.conftest import ROOT, env_with_venv, run, tiny_params, write_params
 
 
@@ -202,7 +193,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert f"resuming cnn4 after epoch {saved} from" in resumed.stdout
 
     def history(project: Path) -> list[list[str]]:
-        rows = (project / "models" / "cnn4" / "history.csv").read_text().splitlines()
+        rows = (project / "results" / "history" / "cnn4.csv").read_text().splitlines()
         return [row.split(",")[:6] for row in rows]  # drop the timing columns
 
     assert history(killed) == history(straight)
@@ -237,16 +228,21 @@ def test_unreadable_resume_state_names_the_file(tmp_path: Path, content: bytes) 
 
 
 def test_changed_params_do_not_resume(tmp_path: Path) -> None:
-    from fer.training import fingerprint, load_resume_state
+    from fer.models import CheckpointError
+    from fer.training import ResumeState, fingerprint, load_resume_state
 
     data = tmp_path / "train.npz"
     data.write_bytes(b"data")
     job = fingerprint({"lr": 0.1}, [data])
-    torch.save({"fingerprint": job, "history": []}, tmp_path / "ckpt.pt")
-    assert load_resume_state(tmp_path / "ckpt.pt", job) is not None
+    ResumeState(job, "run-1", {}, {}, {}, torch.get_rng_state(), torch.get_rng_state(), [], [], 0, 0.0, {}
+                ).save(tmp_path / "ckpt.pt")
+    assert load_resume_state(tmp_path / "ckpt.pt", job).run_id == "run-1"
     assert load_resume_state(tmp_path / "ckpt.pt", fingerprint({"lr": 0.2}, [data])) is None
     data.write_bytes(b"other data")
     assert load_resume_state(tmp_path / "ckpt.pt", fingerprint({"lr": 0.1}, [data])) is None
+    torch.save({"fingerprint": job, "history": []}, tmp_path / "partial.pt")  # not all of a resume state
+    with pytest.raises(CheckpointError, match="partial.pt: a resume state of another version"):
+        load_resume_state(tmp_path / "partial.pt", job)
 
 
 def test_a_resume_state_of_other_params_names_its_abandoned_run(tmp_path: Path) -> None:
@@ -260,7 +256,7 @@ def test_a_resume_state_of_other_params_names_its_abandoned_run(tmp_path: Path) 
 
 
 def test_freed_memory_is_kept_for_reuse_and_the_defaults_come_back() -> None:
-    from fer.training import reuse_freed_memory
+    from fer.runtime import reuse_freed_memory
 
     try:
         assert reuse_freed_memory() is True  # glibc, as on every machine this project runs on

@@ -17,13 +17,14 @@ from fer.filters import (
     layer_name,
     pre_activation,
     receptive_fields,
-    strongest_unit_boxes,
+    unit_boxes,
 )
 from fer.models import build_model, model_params
 from fer.params import TrainParams, load_section
+from fer.runtime import seed_everything
 from fer.saliency import METHODS, attribution_maps, contrast_maps, default_options, select_examples
 from fer.sanity import edge_map, rank_correlations, sanity_report
-from fer.training import fit, seed_everything
+from fer.training import fit
 from tests.conftest import ROOT, tiny_params, write_params
 
 MODEL_OPTIONS = {"cnn4": {"batch_norm": True, "dropout_conv": 0.0, "dropout_fc": 0.3, "fc_hidden": 32},
@@ -151,7 +152,7 @@ def test_activation_maximisation_raises_each_channel(trained_cnn4) -> None:
     images, start, final = activation_maximisation(net, block, steps=40, lr=0.03, tv_weight=0.05, seed=0)
     assert images.shape == (128, 48, 48)
     val_x = torch.as_tensor(val.images[:, None] / 255.0, dtype=torch.float32)
-    val_mean = channel_statistics(net, block, val_x)[0].mean(axis=0)
+    val_mean = channel_statistics(net, block, val_x).means.mean(axis=0)
     # Every channel ends above its mean over real faces; nearly every one beats its random start
     # (keep-best never goes below the start; a channel whose start already scores high can keep it).
     assert (final > val_mean).all()
@@ -175,7 +176,7 @@ def test_feature_maps_and_dead_channels(trained_cnn4) -> None:
         saved = bn.bias[5].item()
         bn.bias[5] = -1e4
         x_val = torch.as_tensor(val.images[:, None] / 255.0, dtype=torch.float32)
-        _, peaks = channel_statistics(net, "features.3.0", x_val)
+        peaks = channel_statistics(net, "features.3.0", x_val).peaks
         bn.bias[5] = saved
     assert peaks[5] <= 0 and (peaks > 0).sum() >= 100
 
@@ -190,7 +191,8 @@ def test_receptive_fields_are_computed_from_the_modules(trained_cnn4) -> None:
     assert list(resnet) == list(model("resnet9").conv_layers())
     assert [f.size for f in resnet.values()] == [3, 8, 18, 26, 34, 54, 94, 126]
     x = torch.as_tensor(val.images[:4, None] / 255.0, dtype=torch.float32)
-    boxes = strongest_unit_boxes(net, "features.0.0", x, np.array([0, 1, 2, 3]))
+    units = channel_statistics(net, "features.0.0", x).strongest[np.arange(4), np.arange(4)]
+    boxes = unit_boxes(fields["features.0.0"], units)
     assert ((boxes[:, 2] - boxes[:, 0]) <= 2).all() and (boxes >= 0).all() and (boxes <= 47).all()
     with torch.no_grad():
         maps = pre_activation(net, "features.0.0", x)
