@@ -102,7 +102,8 @@ def layer_atlas(model: Network, layer: str, val: Split, x_val: torch.Tensor, par
     dead = peaks <= 0
     n_channels, drawn = val_means.shape[1], len(images)
     top = np.argsort(-val_means, axis=0)[:TOP_EXAMPLES].T  # (C, 9) val indices per channel
-    boxes = unit_boxes(receptive_fields(model)[layer], stats.strongest[top, np.arange(n_channels)[:, None]])
+    field = receptive_fields(model)[layer]
+    boxes = unit_boxes(field, stats.strongest[top, np.arange(n_channels)[:, None]])
     shown = f"channels 0-{drawn - 1} of {n_channels}" if drawn < n_channels else f"{n_channels} channels"
     save_figure(out / "filters.png", plots.filter_grid(images, f"{title}: activation maximisation, {shown}"))
     pages = []
@@ -111,7 +112,7 @@ def layer_atlas(model: Network, layer: str, val: Split, x_val: torch.Tensor, par
         pages.append(f"atlas_{len(pages) + 1:02d}.png")
         save_figure(out / pages[-1], plots.filter_atlas(
             images[rows], val.images[top[rows]], boxes[rows], val_means[:, rows], dead[rows], rows.tolist(),
-            f"{title}: channels {rows[0]}-{rows[-1]} (receptive field {receptive_fields(model)[layer].size} px)"))
+            f"{title}: channels {rows[0]}-{rows[-1]} (receptive field {field.size} px)"))
     save_figure(out / "activation_histogram.png", plots.histogram_figure(
         val_means.mean(axis=0), f"{title}: {int(dead.sum())} dead of {n_channels} channels",
         "mean pre-activation over validation images"))
