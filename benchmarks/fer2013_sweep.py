@@ -36,7 +36,7 @@ from fer.data import Split, load_prepared  # noqa: E402
 from fer.inference import predict_logits  # noqa: E402
 from fer.models import build_model  # noqa: E402
 from fer.params import TrainParams, build_section, read_params, with_overrides  # noqa: E402
-from fer.runtime import seed_everything, select_device  # noqa: E402
+from fer.runtime import reuse_freed_memory, seed_everything, select_device  # noqa: E402
 from fer.training import EpochRecord, fit  # noqa: E402
 
 
@@ -53,6 +53,7 @@ def append_line(path: Path, row: dict[str, Any]) -> None:
 def run_job(job: dict[str, Any], data: str, profile: str, out: str, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     torch.backends.cuda.matmul.allow_tf32 = True
+    reuse_freed_memory()  # as the training stage does
     section = with_overrides(read_params(profile)[f"train_{job['model']}"], job.get("set", {}))
     params = build_section(TrainParams, section, job["name"])
     seed_everything(params.seed)

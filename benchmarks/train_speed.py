@@ -13,7 +13,8 @@ and once, in fp32, for the first model:
       what the usual tutorial loop does.
 Last, `fit` in fp32 with glibc's default allocation and with `reuse_freed_memory` (what the
 training stage sets), alternating, best of two each, with the system share of the CPU time.
-The peak is a measured 2048x2048 matrix product in the same precision (best of 5); the share of
+The peak is a measured 2048x2048 matrix product in the same precision (best of 5, through BLAS
+and through oneDNN as a 1x1 convolution, the faster kept); the share of
 it is images/s x training FLOP per image / peak, where training FLOP = 3 x 2 x the forward pass's
 multiply-adds (counted on the model's conv and linear layers). bf16 is measured only where
 `precision: auto` picks it (native bf16): emulated bf16 is several times slower than fp32.
@@ -90,16 +91,25 @@ def forward_macs(model: torch.nn.Module) -> int:
     return total
 
 
-def matmul_peak(precision: str, n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` n x n matrix products in `precision`."""
+def matmul_peak(precision: str, n: int = 2048, repeats: int = 5) -> float:  # n: a multiple of 64
+    """FLOP/s of the best of `repeats` n x n products in `precision`, measured two ways, the faster
+    one kept: `torch.matmul` (the BLAS library's GEMM) and the same product as a 1x1 convolution
+    over an n-channel, n-pixel channels-last image (oneDNN's GEMM, which the network's own
+    convolutions run on). On some CPUs (AMD with AVX-512) the BLAS GEMM reaches only half of
+    what oneDNN does, so the BLAS figure alone would understate the peak."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
-    a @ b  # warm-up
+    image = torch.rand(1, n, n // 64, 64).to(dtype).contiguous(memory_format=torch.channels_last)  # n pixels
+    kernel = torch.rand(n, n, 1, 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    products = {"matmul": lambda: a @ b, "conv1x1": lambda: F.conv2d(image, kernel)}
     best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
+    with torch.no_grad():
+        for product in products.values():
+            product()  # warm-up: the kernels are built for these shapes on first use
+            for _ in range(repeats):
+                started = time.perf_counter()
+                product()
+                best = min(best, time.perf_counter() - started)
     return 2 * n ** 3 / best
 
 
@@ -179,6 +189,7 @@ def main() -> None:
     parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="params file (e.g. params/fer2013.yaml)")
     args = parser.parse_args()
     seed_everything(0)
+    reuse_freed_memory()  # as the training stage does; the allocator comparison at the end turns it off
     train, val = generate_split(args.images, 0), generate_split(args.images // 8, 1)
     native = resolve_precision("auto", torch.device("cpu"))
     precisions = ["fp32", "bf16"] if native == "bf16" else ["fp32"]

@@ -119,6 +119,7 @@ class TrainParams:
     weight_decay: float
     schedule: str
     label_smoothing: float
+    class_weighting: str
     consistency: float
     early_stopping_patience: int
     precision: str
@@ -134,6 +135,8 @@ class TrainParams:
                f"'{self.schedule}' is not one of constant, onecycle, cosine, plateau")
         check(self.lr > 0, f"{where}.lr", "must be positive")
         check(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1)")
+        check(self.class_weighting in ("none", "inverse_sqrt"), f"{where}.class_weighting",
+              f"'{self.class_weighting}' is not one of none, inverse_sqrt")
         check(0 <= self.consistency <= 100, f"{where}.consistency", "must be in [0, 100] (0: one view per image)")
         check(self.precision in ("auto", "fp32", "bf16"), f"{where}.precision",
                f"'{self.precision}' is not one of auto, fp32, bf16")

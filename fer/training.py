@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fer import FerError
+from fer import NUM_CLASSES, FerError
 from fer.augment import augment_batch
 from fer.data import Split
 from fer.inference import predict_logits, to_input
@@ -96,6 +96,21 @@ class Schedule:
             self.scheduler.step(val_acc)
         elif self.kind != "onecycle":
             self.scheduler.step()
+
+
+def class_weights(labels: np.ndarray, weighting: str) -> torch.Tensor | None:
+    """Per-class weights of the cross-entropy: None for `none`; for `inverse_sqrt`, each class
+    weighted by 1/sqrt(its share of the training images), scaled so that the mean weight over the
+    training images is 1 (the loss keeps its size, so the learning rate keeps its meaning). On
+    FER2013 disgust (1.5% of the images) then weighs about 3x a typical class: rare expressions are
+    learned without the full 1/frequency weights that trade too much accuracy on the common ones.
+    The recorded `train_loss` is then the weighted cross-entropy."""
+    if weighting == "none":
+        return None
+    counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+    weights = np.where(counts > 0, 1 / np.sqrt(np.maximum(counts, 1)), 0.0)
+    weights *= len(labels) / float((weights * counts).sum())
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def consistency_loss(logits: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -180,7 +195,7 @@ def _loss_and_accuracy(model: torch.nn.Module, split: Split, device: torch.devic
 
 def _train_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, params: TrainParams,
                  optimizer: torch.optim.Optimizer, schedule: Schedule, generator: torch.Generator,
-                 precision: str, epoch: int) -> tuple[float, int]:
+                 precision: str, epoch: int, weights: torch.Tensor | None = None) -> tuple[float, int]:
     """One pass over the training images in a seeded order; returns (summed cross-entropy, correct).
     With `params.consistency` > 0 every step sees two augmented views of each image and adds their
     `consistency_loss`; the cross-entropy and the accuracy reported are the first view's."""
@@ -200,7 +215,8 @@ def _train_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
         y = labels[rows]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(x).float()
-        cross_entropy = F.cross_entropy(logits, y.repeat(views), label_smoothing=params.label_smoothing)
+        cross_entropy = F.cross_entropy(logits, y.repeat(views), weight=weights,
+                                        label_smoothing=params.label_smoothing)
         loss = cross_entropy
         if params.consistency:
             loss = cross_entropy + params.consistency * consistency_loss(*logits.chunk(2))
@@ -227,6 +243,8 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
     in fp32. With `params.consistency` > 0 an epoch costs twice as much (two views per image).
     """
     generator = torch.Generator().manual_seed(params.seed)
+    weights = class_weights(train.labels, params.class_weighting)
+    weights = None if weights is None else weights.to(device)
     train_images = torch.as_tensor(train.images).to(device)  # uint8 on the device: ~66 MB for FER2013
     train_labels = torch.as_tensor(train.labels).to(device)
     if resume is None:
@@ -256,7 +274,7 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
             break
         started = time.perf_counter()
         loss_sum, correct = _train_epoch(model, train_images, train_labels, params, optimizer, schedule, generator,
-                                         precision, epoch)
+                                         precision, epoch, weights)
         train_seconds = time.perf_counter() - started
         val_loss, val_acc = _loss_and_accuracy(model, val, device)
         lr = optimizer.param_groups[0]["lr"]

@@ -10,6 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,7 @@ from fer.data.synthetic import generate_split
 from fer.models import build_model
 from fer.params import AugmentParams, TrainParams, load_section
 from fer.runtime import CPU_BF16_PROBES, HardwareProbes, resolve_precision, seed_everything, torch_probes
-from fer.training import EpochRecord, TrainingDiverged, consistency_loss, fit
+from fer.training import EpochRecord, TrainingDiverged, class_weights, consistency_loss, fit
 from tests.conftest import ROOT, env_with_venv, run, tiny_params, write_params
 
 
@@ -79,6 +80,15 @@ def test_consistency_loss_is_a_symmetric_divergence() -> None:
     p, q = torch.softmax(a, 1), torch.softmax(b, 1)
     expected = ((p - q) * (p.log() - q.log())).sum(1).mean() / 2  # (KL(p||q) + KL(q||p)) / 2
     assert consistency_loss(a, b).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_inverse_sqrt_class_weights_favour_rare_classes_and_keep_the_loss_scale() -> None:
+    labels = np.array([0] * 400 + [1] * 25 + [3] * 100 + [6] * 100)
+    assert class_weights(labels, "none") is None
+    weights = class_weights(labels, "inverse_sqrt")
+    assert weights[labels].mean().item() == pytest.approx(1.0)  # mean weight over the images
+    assert weights[1].item() / weights[0].item() == pytest.approx(4.0)  # 16x rarer -> 4x the weight
+    assert weights[2].item() == 0.0  # a class without images
 
 
 def test_consistency_training_is_reproducible_and_changes_the_run(tmp_path: Path) -> None:
