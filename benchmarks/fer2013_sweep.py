@@ -12,7 +12,7 @@ on a GPU, where one small CNN leaves the device mostly idle); every epoch append
 to --out, so an interrupted sweep keeps what it measured.
 
 Usage: python benchmarks/fer2013_sweep.py --data data/prepared --grid benchmarks/fer2013_grid.yaml \
-           [--profile params/fer2013.yaml] [--workers 4] [--only NAME ...] [--out sweep.jsonl]
+           [--profile params/fer2013.yaml] [--workers 4] [--only NAME ...] [--out sweep.jsonl] [--save DIR]
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from fer.data import Split, load_prepared  # noqa: E402
+from fer.data import Split, load_prepared, training_data  # noqa: E402
 from fer.inference import predict_logits  # noqa: E402
-from fer.models import build_model  # noqa: E402
+from fer.models import build_model, save_checkpoint  # noqa: E402
 from fer.params import TrainParams, build_section, read_params, with_overrides  # noqa: E402
 from fer.runtime import reuse_freed_memory, seed_everything, select_device  # noqa: E402
 from fer.training import EpochRecord, fit  # noqa: E402
@@ -50,7 +50,8 @@ def append_line(path: Path, row: dict[str, Any]) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
-def run_job(job: dict[str, Any], data: str, profile: str, out: str, threads: int) -> dict[str, Any]:
+def run_job(job: dict[str, Any], data: str, profile: str, out: str, threads: int,
+            save: str | None = None) -> dict[str, Any]:
     torch.set_num_threads(threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     reuse_freed_memory()  # as the training stage does
@@ -71,6 +72,9 @@ def run_job(job: dict[str, Any], data: str, profile: str, out: str, threads: int
         result = fit(model, splits["train"], splits["val"], params, device, Path(tmp) / "resume.pt",
                      "sweep", None, on_epoch=on_epoch)
     model.load_state_dict(result.best_state)
+    if save:  # the selected weights as a checkpoint the pipeline's loaders and `fer.predict` read
+        save_checkpoint(model, Path(save) / f"{job['name']}.pt", best_epoch=result.best_epoch,
+                        data=training_data(data))
     final = {"job": job["name"], "final": True, "device": str(device), "precision": result.precision,
              "set": job.get("set", {}), "epochs": params.epochs, "best_epoch": result.best_epoch,
              "seconds": time.perf_counter() - started}
@@ -91,6 +95,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--only", nargs="*", help="run only these job names")
     parser.add_argument("--out", default="sweep.jsonl", help="JSON lines: one per epoch and one per finished job")
+    parser.add_argument("--save", help="directory for each job's selected weights, <job>.pt (default: not kept)")
     args = parser.parse_args()
     jobs = yaml.safe_load(Path(args.grid).read_text())["jobs"]
     if args.only:
@@ -98,9 +103,12 @@ def main() -> None:
     for job in jobs:  # fail on a bad key before any training starts
         build_section(TrainParams, with_overrides(read_params(args.profile)[f"train_{job['model']}"],
                                                   job.get("set", {})), job["name"])
+    if args.save:
+        Path(args.save).mkdir(parents=True, exist_ok=True)
     print(f"{len(jobs)} jobs on {select_device()}, {args.workers} at a time -> {args.out}", flush=True)
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        pending = [pool.apply_async(run_job, (job, args.data, args.profile, args.out, args.threads)) for job in jobs]
+        pending = [pool.apply_async(run_job, (job, args.data, args.profile, args.out, args.threads, args.save))
+                   for job in jobs]
         for handle in pending:
             final = handle.get()
             print(f"{final['job']:>18}: best epoch {final['best_epoch']:3d}/{final['epochs']}  "

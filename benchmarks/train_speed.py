@@ -4,7 +4,7 @@ CPU's measured peak, in fp32 and (where the CPU runs it natively) bf16 side by s
 Measured in one run, for each model named (default: train_cnn4's architecture from params.yaml;
 several models are measured one after the other, same batch size), for each precision:
   (a) bare forward + backward + optimizer step on random tensors already in memory, channels-last:
-      the compute the pipeline cannot avoid;
+      the compute the pipeline cannot avoid; also with the model through `torch.compile`;
   (b) the training stage's `fit` end to end: uint8 data in memory, batched augmentation,
       the per-epoch validation pass, history and checkpoint writing;
 and once, in fp32, for the first model:
@@ -47,27 +47,39 @@ from fer.runtime import resolve_precision, reuse_freed_memory, seed_everything  
 from fer.training import fit, make_optimizer  # noqa: E402
 
 
-def bare(params: TrainParams, n_images: int, precision: str) -> float:
+def bare(params: TrainParams, n_images: int, precision: str, compiled: bool = False) -> float:
+    """Images/s of forward + backward + optimizer step on one random batch; with `compiled`, the
+    model goes through `torch.compile` (default mode: Inductor's generated C++ kernels for the
+    element-wise work, oneDNN for convolutions)."""
     model = build_model(params.model).to(memory_format=torch.channels_last).train()
     optimizer = make_optimizer(model, params)
+    forward = torch.compile(model) if compiled else model
     x = torch.rand(params.batch_size, 1, 48, 48).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 7, (params.batch_size,))
     steps = max(1, n_images // params.batch_size)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(x).float()
+            logits = forward(x).float()
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):  # warm-up: oneDNN builds its kernels for these shapes on first use
+    for _ in range(3):  # warm-up: oneDNN builds its kernels for these shapes on first use (and compiling)
         step()
     started = time.perf_counter()
     for _ in range(steps):
         step()
     return steps * params.batch_size / (time.perf_counter() - started)
+
+
+def compiled_bare(params: TrainParams, n_images: int, precision: str) -> str:
+    """(a) with torch.compile, or why it could not run (it needs a C++ compiler)."""
+    try:
+        return f"{bare(params, n_images, precision, compiled=True):6.0f} images/s"
+    except Exception as error:  # noqa: BLE001 - any failure of the compiler stack is reported, not fatal
+        return f"not available ({type(error).__name__}: {str(error).splitlines()[0][:80]})"
 
 
 def forward_macs(model: torch.nn.Module) -> int:
@@ -213,6 +225,7 @@ def main() -> None:
             rows[precision] = (a, b)
             print(f"  {precision}: (a) bare {a:6.0f} images/s ({a * flop_per_image / peak:4.0%} of peak)   "
                   f"(b) fit {b:6.0f} images/s ({b * flop_per_image / peak:4.0%} of peak)   (b)/(a) = {b / a:.2f}")
+            print(f"  {precision}: (a) bare with torch.compile: {compiled_bare(params, args.images, precision)}")
         if "bf16" in rows:
             (bare16, fit16), (bare32, fit32) = rows["bf16"], rows["fp32"]
             print(f"  bf16 / fp32: bare {bare16 / bare32:.2f}x, fit {fit16 / fit32:.2f}x")

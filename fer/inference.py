@@ -33,7 +33,7 @@ def tta_views(x: torch.Tensor, flip: bool, shift: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
-                   batch_size: int = 512, flip_tta: bool = False, shift_tta: int = 0) -> torch.Tensor:
+                   batch_size: int = 128, flip_tta: bool = False, shift_tta: int = 0) -> torch.Tensor:
     """Logits for uint8 images (N, 48, 48), in eval mode; with test-time augmentation
     (`flip_tta`, `shift_tta` > 0) the logits of all the views of `tta_views` are averaged."""
     model.eval()

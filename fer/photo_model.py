@@ -18,7 +18,6 @@ import base64
 import binascii
 import dataclasses
 import hashlib
-import importlib.metadata
 import json
 import shutil
 import tempfile
@@ -138,10 +137,6 @@ def signature() -> Any:
                           outputs=Schema([ColSpec(kinds.get(c, "double"), c) for c in OUTPUT_COLUMNS]))
 
 
-def _requirements() -> list[str]:
-    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
-
-
 def log_photo_model(checkpoint_path: str | Path, detector: DetectorParams = DetectorParams(),
                     limits: RequestLimits = RequestLimits()) -> str:
     """Log the photo model of a checkpoint into the active MLflow run (models from code:
@@ -156,7 +151,7 @@ def log_photo_model(checkpoint_path: str | Path, detector: DetectorParams = Dete
                                        artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
                                        model_config=photo_config(detector, limits),
                                        code_paths=[str(Path(fer.__file__).parent)], signature=signature(),
-                                       pip_requirements=_requirements())
+                                       pip_requirements=tracking.pinned_requirements(REQUIREMENTS))
     return info.model_uri
 
 

@@ -506,8 +506,22 @@ def log_torch_model(model: Any, checkpoint: Path, example: np.ndarray) -> Any:
         output = model(torch.as_tensor(example)).numpy()
     return mlflow.pytorch.log_model(model, name="model", input_example=example,
                                     signature=infer_signature(example, output), extra_files=[str(checkpoint)],
+                                    pip_requirements=pinned_requirements(TORCH_MODEL_REQUIREMENTS),
                                     metadata={"model_params": payload["model_params"],
                                               "checkpoint_sha256": file_sha256(checkpoint)})
+
+
+# What loading the tensor model needs: the flavor's own packages and those `fer.models` imports.
+TORCH_MODEL_REQUIREMENTS = ("mlflow", "torch", "cloudpickle", "numpy", "pyyaml")
+
+
+def pinned_requirements(packages: Iterable[str]) -> list[str]:
+    """`name==version` of the installed packages, without local labels such as torch's `+cpu` (so
+    that pip can install them). Stated rather than inferred: MLflow's inference loads the model
+    in a second Python process, about 13 s per logged model on a 2-core CPU."""
+    import importlib.metadata
+
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in packages]
 
 
 def file_sha256(path: Path) -> str:

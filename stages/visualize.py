@@ -12,7 +12,7 @@ from fer.data import data_ref, load_split
 from fer.io import atomic_dir, write_json
 from fer.models import load_model
 from fer.params import TrackingParams, VisualizeParams, load_section, section_dict
-from fer.runtime import seed_everything
+from fer.runtime import reuse_freed_memory, seed_everything
 from fer.visual_outputs import filter_outputs, saliency_outputs
 
 
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_section(VisualizeParams, "visualize", args.params)
     names = cli.study_models(args)
     seed_everything(params.seed)
+    reuse_freed_memory()  # a batch's activations are reused, not page-faulted in again
     val = load_split(Path(args.data) / "val.npz")
     models_dir = Path(args.models_dir)
     sanity = {}

@@ -1,6 +1,7 @@
 """params.yaml sections are validated with messages that name the key."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,47 @@ def test_fer2013_profile_is_a_complete_params_file() -> None:
                          (TrainParams, "train_cnn3"), (EvaluateParams, "evaluate"), (VisualizeParams, "visualize")):
         load_section(cls, section, profile)
     assert load_section(PrepareParams, "prepare", profile).source.endswith("fer2013.csv.gz")
+
+
+def test_fast_profile_differs_from_the_profile_in_cnn4_training_only() -> None:
+    from fer.params import read_params
+
+    fast, profile = read_params(ROOT / "params" / "fer2013_fast.yaml"), read_params(ROOT / "params" / "fer2013.yaml")
+    assert fast["study"]["models"] == ["cnn4"]
+    assert {k for k in fast if fast[k] != profile[k]} == {"study", "train_cnn4"}
+    assert fast["train_cnn4"]["model"] == profile["train_cnn4"]["model"]  # the widths of the study's CNN4
+    assert fast["train_cnn4"]["consistency"] == 0 and fast["train_cnn4"]["precision"] == "auto"
+
+
+@pytest.mark.slow
+def test_fast_profile_runs_its_documented_stages_on_tiny_data(tmp_path: Path) -> None:
+    """The profile's header command (`dvc repro --single-item prepare train_cnn4 evaluate`) with
+    the profile as params.yaml, on tiny generated faces instead of FER2013 and 2 epochs."""
+    import json
+
+    import yaml
+
+    from fer.params import EvaluateParams, TrackingParams, VisualizeParams
+    from tests.conftest import make_tiny_project, run
+
+    profile = ROOT / "params" / "fer2013_fast.yaml"
+    for cls, section in ((TrackingParams, "tracking"), (PrepareParams, "prepare"), (TrainParams, "train_cnn4"),
+                         (EvaluateParams, "evaluate"), (VisualizeParams, "visualize")):
+        load_section(cls, section, profile)
+    params = yaml.safe_load(profile.read_text())
+    params["prepare"].update(source="synthetic", synthetic=tiny_params()["prepare"]["synthetic"])
+    params["train_cnn4"]["epochs"] = 2
+    project = make_tiny_project(tmp_path / "project", params)
+    command = next(line for line in profile.read_text().splitlines() if "dvc repro" in line).strip("# ").split()
+    assert command == ["dvc", "repro", "--single-item", "prepare", "train_cnn4", "evaluate"]
+    output = run(command, project).stdout
+    assert re.findall(r"Running stage '([^']+)'", output) == ["prepare", "train_cnn4", "evaluate"]
+    history = (project / "results" / "history" / "cnn4.csv").read_text().splitlines()
+    assert len(history) == 3  # header + 2 epochs
+    assert json.loads((project / "models" / "cnn4" / "run.json").read_text())["precision"] in ("fp32", "bf16")
+    assert sorted(p.name for p in (project / "metrics" / "evaluate").iterdir()) == ["cnn4"]
+    test = json.loads((project / "metrics" / "evaluate" / "cnn4" / "test.json").read_text())
+    assert 0 <= test["accuracy"] <= 1 and 0 <= test["tta_accuracy"] <= 1  # the profile's test-time views
 
 
 def test_overrides_replace_dotted_keys_and_reject_unknown_ones() -> None:
