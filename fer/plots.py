@@ -197,3 +197,22 @@ def filter_atlas(optimised: np.ndarray, examples: np.ndarray, boxes: np.ndarray,
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def time_to_accuracy_figure(curves: dict[str, Sequence[tuple[float, float, float]]], target: float,
+                            title: str) -> Figure:
+    """PublicTest (dashed) and PrivateTest (solid) accuracy against minutes, one colour per job;
+    `curves[job]` holds (minutes, PublicTest, PrivateTest) after each epoch."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for (job, points), colour in zip(curves.items(), plt.cm.tab10.colors):
+        minutes, public, private = np.asarray(points, dtype=float).T
+        ax.plot(minutes, private, "-o", color=colour, markersize=3, label=f"{job}: PrivateTest")
+        ax.plot(minutes, public, "--", color=colour, alpha=0.7, label=f"{job}: PublicTest")
+    ax.axhline(target, color="grey", linewidth=0.8)
+    ax.set_xlabel("minutes of training (with per-epoch validation)")
+    ax.set_ylabel("accuracy, single pass")
+    ax.set_ylim(0.35, 0.72)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    return fig
