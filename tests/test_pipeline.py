@@ -92,7 +92,9 @@ def extend_project(project: Path) -> str:
     write_params(project / "params.yaml", params)
     stages = (project / "dvc.yaml").read_text()
     block = re.search(r"\n  train_cnn3:\n.*?\n\n", stages, re.S).group(0)
-    (project / "dvc.yaml").write_text(stages.replace(block, block + block.replace("cnn3", TOY).lstrip("\n")))
+    stages = stages.replace(block, block + block.replace("cnn3", TOY).lstrip("\n"))
+    runs = "  - models/cnn3/run.json\n"  # its run column in `dvc exp show`
+    (project / "dvc.yaml").write_text(stages.replace(runs, runs + runs.replace("cnn3", TOY)))
     return run(["git", "diff", "--stat"], project).stdout
 
 
@@ -387,8 +389,12 @@ def test_one_changed_training_param_reruns_its_model_only(pipeline: dict) -> Non
     assert stages_run(changed.stdout) == ["train_cnn3", "evaluate", "visualize", "photos", "report"]
     assert (project / "reports" / "report.md").read_text() != report_before
     assert_report_matches_metrics(project)
-    assert "train_cnn3.lr" in run(["dvc", "params", "diff"], project).stdout
-    assert "metrics/evaluate/cnn3/val.json" in run(["dvc", "metrics", "diff"], project).stdout
+    params_diff = run(["dvc", "params", "diff"], project).stdout
+    assert "train_cnn3.lr" in params_diff
+    assert "models/cnn3/run.json" in params_diff and "run_id" in params_diff  # the new training run
+    metrics_diff = run(["dvc", "metrics", "diff"], project).stdout
+    assert "metrics/evaluate/cnn3/val.json" in metrics_diff
+    assert "run.json" not in metrics_diff  # results only: a new run id is not a changed result
     client = pipeline["client"]
     cnn3_runs = [r for r in client.search_runs([pipeline["experiment"].experiment_id]) if r.info.run_name == "cnn3"]
     assert len(cnn3_runs) == 2
