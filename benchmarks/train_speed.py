@@ -11,8 +11,6 @@ and once, in fp32, for the first model:
   (c) a plain reference: DataLoader over a TensorDataset with per-sample augmentation
       (random shift, flip, rotation/scale per image), default memory format, no validation:
       what the usual tutorial loop does.
-For each precision also the share of the bare step's CPU time by kind of operator (torch.profiler):
-convolutions, batch norm, ReLU, max-pool, zero-filling, fully connected, the rest.
 Last, `fit` in fp32 with glibc's default allocation and with `reuse_freed_memory` (what the
 training stage sets), alternating, best of two each, with the system share of the CPU time.
 The peak is a measured 2048x2048 matrix product in the same precision (best of 5, through BLAS
@@ -74,47 +72,6 @@ def bare(params: TrainParams, n_images: int, precision: str, compiled: bool = Fa
     for _ in range(steps):
         step()
     return steps * params.batch_size / (time.perf_counter() - started)
-
-
-OP_KINDS = {  # aten operator -> what it is part of, for the breakdown of the bare step
-    "aten::mkldnn_convolution": "convolution", "aten::convolution_backward": "convolution",
-    "aten::native_batch_norm": "batch norm", "aten::native_batch_norm_backward": "batch norm",
-    "aten::clamp_min": "ReLU", "aten::threshold_backward": "ReLU",
-    "aten::max_pool2d_with_indices": "max-pool", "aten::max_pool2d_with_indices_backward": "max-pool",
-    "aten::fill_": "zero-filling gradient buffers", "aten::zero_": "zero-filling gradient buffers",
-    "aten::addmm": "fully connected", "aten::mm": "fully connected",
-}
-
-
-def step_breakdown(params: TrainParams, precision: str, steps: int = 10) -> dict[str, float]:
-    """Share of the bare step's CPU time per kind of operator (torch.profiler, self time), after
-    a warm-up: where the time goes that the matrix-product peak does not explain."""
-    from torch.profiler import ProfilerActivity, profile
-
-    model = build_model(params.model).to(memory_format=torch.channels_last).train()
-    optimizer = make_optimizer(model, params)
-    x = torch.rand(params.batch_size, 1, 48, 48).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 7, (params.batch_size,))
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(3):
-        step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            step()
-    shares: dict[str, float] = {}
-    events = prof.key_averages()
-    total = sum(event.self_cpu_time_total for event in events)
-    for event in events:
-        kind = OP_KINDS.get(event.key, "other")
-        shares[kind] = shares.get(kind, 0.0) + event.self_cpu_time_total / total
-    return dict(sorted(shares.items(), key=lambda item: -item[1]))
 
 
 def compiled_bare(params: TrainParams, n_images: int, precision: str) -> str:
@@ -269,8 +226,6 @@ def main() -> None:
             print(f"  {precision}: (a) bare {a:6.0f} images/s ({a * flop_per_image / peak:4.0%} of peak)   "
                   f"(b) fit {b:6.0f} images/s ({b * flop_per_image / peak:4.0%} of peak)   (b)/(a) = {b / a:.2f}")
             print(f"  {precision}: (a) bare with torch.compile: {compiled_bare(params, args.images, precision)}")
-            print(f"  {precision}: (a) bare, CPU time by operator kind: " + ", ".join(
-                f"{kind} {share:.0%}" for kind, share in step_breakdown(params, precision).items()))
         if "bf16" in rows:
             (bare16, fit16), (bare32, fit32) = rows["bf16"], rows["fp32"]
             print(f"  bf16 / fp32: bare {bare16 / bare32:.2f}x, fit {fit16 / fit32:.2f}x")
