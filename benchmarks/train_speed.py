@@ -11,8 +11,9 @@ and once, in fp32, for the first model:
   (c) a plain reference: DataLoader over a TensorDataset with per-sample augmentation
       (random shift, flip, rotation/scale per image), default memory format, no validation:
       what the usual tutorial loop does.
-Last, `fit` in fp32 with glibc's default allocation and with `reuse_freed_memory` (what the
-training stage sets), alternating, best of two each, with the system share of the CPU time.
+First, `fit` in fp32 with glibc's default allocation and with `reuse_freed_memory` (what the
+training stage sets), alternating, best of two each, with the system share of the CPU time: before
+anything is compiled, since the compiled code's runtime stays in the process.
 The peak is a measured 2048x2048 matrix product in the same precision (best of 5, through BLAS
 and through oneDNN as a 1x1 convolution, the faster kept); the share of
 it is images/s x training FLOP per image / peak, where training FLOP = 3 x 2 x the forward pass's
@@ -201,7 +202,7 @@ def main() -> None:
     parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="params file (e.g. params/fer2013.yaml)")
     args = parser.parse_args()
     seed_everything(0)
-    reuse_freed_memory()  # as the training stage does; the allocator comparison at the end turns it off
+    reuse_freed_memory()  # as the training stage does; the allocator comparison toggles it, ending on
     train, val = generate_split(args.images, 0), generate_split(args.images // 8, 1)
     native = resolve_precision("auto", torch.device("cpu"))
     precisions = ["fp32", "bf16"] if native == "bf16" else ["fp32"]
@@ -209,11 +210,12 @@ def main() -> None:
     print(f"batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads; matmul peak "
           + ", ".join(f"{p} {peak / 1e9:.0f} GFLOP/s" for p, peak in peaks.items())
           + ("" if native == "bf16" else "; no native bf16 on this CPU: bf16 not measured"))
-    first = None
+    first = dataclasses.replace(load_section(TrainParams, f"train_{args.model[0]}", args.params),
+                                batch_size=args.batch_size)
+    allocator_comparison(first, train, val)  # ends with reuse_freed_memory on, as the stage runs
     for model in args.model:
         params = load_section(TrainParams, f"train_{model}", args.params)
         params = dataclasses.replace(params, batch_size=args.batch_size)
-        first = first or params
         flop_per_image = 6 * forward_macs(build_model(params.model))
         trains_in = resolve_precision(params.precision, torch.device("cpu"))
         print(f"{model} ({args.params}): the pipeline trains in {trains_in} (precision: {params.precision}); "
@@ -229,11 +231,10 @@ def main() -> None:
         if "bf16" in rows:
             (bare16, fit16), (bare32, fit32) = rows["bf16"], rows["fp32"]
             print(f"  bf16 / fp32: bare {bare16 / bare32:.2f}x, fit {fit16 / fit32:.2f}x")
-        if params is first:
+        if model == args.model[0]:
             c = reference(params, train, args.images)
             print(f"  (c) DataLoader, per-sample aug: {c:6.0f} images/s (fp32)   "
                   f"fit fp32 / (c) = {rows['fp32'][1] / c:.2f}")
-    allocator_comparison(first, train, val)
 
 
 if __name__ == "__main__":
