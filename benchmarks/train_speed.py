@@ -210,12 +210,10 @@ def main() -> None:
     print(f"batch {args.batch_size}, {args.images} images, {torch.get_num_threads()} threads; matmul peak "
           + ", ".join(f"{p} {peak / 1e9:.0f} GFLOP/s" for p, peak in peaks.items())
           + ("" if native == "bf16" else "; no native bf16 on this CPU: bf16 not measured"))
-    first = dataclasses.replace(load_section(TrainParams, f"train_{args.model[0]}", args.params),
-                                batch_size=args.batch_size)
-    allocator_comparison(first, train, val)  # ends with reuse_freed_memory on, as the stage runs
-    for model in args.model:
-        params = load_section(TrainParams, f"train_{model}", args.params)
-        params = dataclasses.replace(params, batch_size=args.batch_size)
+    sections = {model: dataclasses.replace(load_section(TrainParams, f"train_{model}", args.params),
+                                           batch_size=args.batch_size) for model in args.model}
+    allocator_comparison(sections[args.model[0]], train, val)  # ends with reuse on, as the stage runs
+    for model, params in sections.items():
         flop_per_image = 6 * forward_macs(build_model(params.model))
         trains_in = resolve_precision(params.precision, torch.device("cpu"))
         print(f"{model} ({args.params}): the pipeline trains in {trains_in} (precision: {params.precision}); "
