@@ -102,10 +102,32 @@ def model_params(section: dict[str, Any], where: str) -> ModelParams:
     return ModelParams(arch, build_section(ARCHITECTURES[arch].Options, options, where))
 
 
-def _rectify(batch_norm: bool, c_in: int, c_out: int) -> list[nn.Module]:
-    """3x3 conv (padding 1), optional BatchNorm, ReLU."""
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
-    return layers + ([nn.BatchNorm2d(c_out)] if batch_norm else []) + [nn.ReLU()]
+class ConvBlock(nn.Sequential):
+    """3x3 conv (padding 1), optional BatchNorm, ReLU, 2x2 max-pool, then any `rest`: one
+    Sequential, so its modules keep their indices (and checkpoints their keys).
+
+    In training it pools before the ReLU. The two commute exactly: ReLU is monotone, so the
+    maximum of rectified values is the rectified maximum, and either way the gradient reaches only
+    the window's largest input when it is positive. Values and gradients are bit for bit those of
+    the written order (tests/test_models.py), and the ReLU runs on a quarter of the elements:
+    about a tenth of a CNN4 training step on a CPU (benchmarks/train_speed.py). In eval mode, where
+    Grad-CAM, the filter atlas and the layer table hook the ReLU, it runs in the written order, so
+    they see the full-resolution rectified map."""
+
+    def __init__(self, batch_norm: bool, c_in: int, c_out: int, *rest: nn.Module) -> None:
+        conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)
+        super().__init__(conv, *([nn.BatchNorm2d(c_out)] if batch_norm else []), nn.ReLU(), nn.MaxPool2d(2), *rest)
+        self.relu_index = 2 if batch_norm else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        for index, module in enumerate(self):
+            if index == self.relu_index:
+                x = module(self[index + 1](x))
+            elif index != self.relu_index + 1:
+                x = module(x)
+        return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +155,8 @@ class ConvNet(Network):
         options: ConvNetOptions = params.options
         widths = (1, *self.WIDTHS)
         self.features = nn.Sequential(*(
-            nn.Sequential(*_rectify(options.batch_norm, c_in, c_out), nn.MaxPool2d(2),
-                          *([nn.Dropout2d(options.dropout_conv)] if options.dropout_conv > 0 else []))
+            ConvBlock(options.batch_norm, c_in, c_out,
+                      *([nn.Dropout2d(options.dropout_conv)] if options.dropout_conv > 0 else []))
             for c_in, c_out in zip(widths[:-1], widths[1:])
         ))
         side = IMAGE_SIZE // 2 ** len(self.WIDTHS)
@@ -150,7 +172,7 @@ class ConvNet(Network):
         return self.classifier(self.features(self.standardize(x)))
 
     def activations(self) -> dict[str, nn.Module]:
-        return {f"features.{i}.0": next(m for m in block if isinstance(m, nn.ReLU))
+        return {f"features.{i}.0": block[block.relu_index]
                 for i, block in enumerate(self.features)}
 
     def describe(self) -> str:
@@ -206,10 +228,10 @@ class ResNet9(Network):
     def __init__(self, params: ModelParams) -> None:
         super().__init__(params)
         w = params.options.width
-        self.stem = nn.Sequential(*_rectify(True, 1, w), nn.MaxPool2d(2))
-        self.layer1 = nn.Sequential(*_rectify(True, w, 2 * w), nn.MaxPool2d(2), Residual(2 * w))
-        self.layer2 = nn.Sequential(*_rectify(True, 2 * w, 4 * w), nn.MaxPool2d(2))
-        self.layer3 = nn.Sequential(*_rectify(True, 4 * w, 8 * w), nn.MaxPool2d(2), Residual(8 * w))
+        self.stem = ConvBlock(True, 1, w)
+        self.layer1 = ConvBlock(True, w, 2 * w, Residual(2 * w))
+        self.layer2 = ConvBlock(True, 2 * w, 4 * w)
+        self.layer3 = ConvBlock(True, 4 * w, 8 * w, Residual(8 * w))
         self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(params.options.dropout_fc),
                                         nn.Linear(8 * w * 3 * 3, NUM_CLASSES))
 
@@ -221,7 +243,7 @@ class ResNet9(Network):
         found: dict[str, nn.Module] = {}
         for stage in ("stem", "layer1", "layer2", "layer3"):
             block = getattr(self, stage)
-            found[f"{stage}.0"] = block[2]
+            found[f"{stage}.0"] = block[block.relu_index]
             if isinstance(block[-1], Residual):
                 found[f"{stage}.4.conv1"], found[f"{stage}.4.conv2"] = block[-1].relu1, block[-1].relu2
         return found

@@ -11,6 +11,7 @@ from fer import FerError
 from fer.models import (
     ARCHITECTURES,
     CheckpointError,
+    ConvBlock,
     build_model,
     layer_table,
     layer_table_markdown,
@@ -97,12 +98,8 @@ def test_every_registered_architecture_keeps_the_interface(arch: str, tmp_path: 
     """What the library reads from a network: 7 logits for 48x48 faces, an activation module
     for every conv layer whose output has that conv's channels, a one-line description, and a
     checkpoint that rebuilds the same network from the architecture and options it records."""
-    section = yaml.safe_load((ROOT / "params.yaml").read_text())
-    [model_section] = [s["model"] for name, s in section.items() if name.startswith("train_")
-                       and s["model"]["arch"] == arch] or [None]
-    assert model_section is not None, f"no train_<model> section of params.yaml uses {arch}"
     torch.manual_seed(0)
-    net = build_model(model_params(model_section, "model")).eval()
+    net = build_model(_params_yaml_model(arch)).eval()
     x = torch.rand(2, 1, 48, 48)
     assert net(x).shape == (2, 7)
     convs, activations = net.conv_layers(), net.activations()
@@ -120,3 +117,50 @@ def test_every_registered_architecture_keeps_the_interface(arch: str, tmp_path: 
     loaded = load_model(tmp_path / "model.pt")
     assert loaded.params == net.params and type(loaded) is type(net)
     torch.testing.assert_close(loaded(x), net(x))
+
+
+def _params_yaml_model(arch: str) -> ModelParams:
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())
+    sections = [s["model"] for name, s in section.items() if name.startswith("train_") and s["model"]["arch"] == arch]
+    assert sections, f"no train_<model> section of params.yaml uses {arch}"
+    return model_params(sections[0], "model")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "cnn4 without BatchNorm, with conv dropout"])
+def test_training_blocks_pool_first_with_the_written_orders_numbers(arch: str, precision: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step of a ConvBlock network (pool before ReLU) gives bit for bit the logits and
+    gradients of the same network run in the written order (ReLU before pool), in both precisions;
+    dropout draws the same masks, seeded alike."""
+    if arch in ARCHITECTURES:
+        model = _params_yaml_model(arch)
+    else:
+        model = model_params({"arch": "cnn4", "batch_norm": False, "dropout_conv": 0.2, "dropout_fc": 0.3,
+                              "fc_hidden": 256}, "model")
+    torch.manual_seed(0)
+    net = build_model(model).train()
+    x = torch.rand(16, 1, 48, 48).contiguous(memory_format=torch.channels_last)
+    first = net.activations()[next(iter(net.conv_layers()))]
+    rectified: list[torch.Size] = []
+    hook = first.register_forward_hook(lambda _m, _i, out: rectified.append(out.shape))
+    net.eval()(x)
+    net.train()(x)
+    hook.remove()
+    assert [shape[-1] for shape in rectified] == [48, 24]  # full maps for the hooks in eval, pooled in training
+
+    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = net(x).float()
+        torch.nn.functional.cross_entropy(logits, torch.arange(16) % 7).backward()
+        return logits, [p.grad.clone() for p in net.parameters()]
+
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    pooled_first = step()
+    net.load_state_dict(state)  # the same BatchNorm running statistics before the second step
+    monkeypatch.setattr(ConvBlock, "forward", torch.nn.Sequential.forward)
+    written_order = step()
+    assert torch.equal(pooled_first[0], written_order[0])
+    assert all(torch.equal(a, b) for a, b in zip(pooled_first[1], written_order[1]))
