@@ -103,8 +103,10 @@ def model_params(section: dict[str, Any], where: str) -> ModelParams:
 
 
 class ConvBlock(nn.Sequential):
-    """3x3 conv (padding 1), optional BatchNorm, ReLU, 2x2 max-pool, then any `rest`: one
-    Sequential, so its modules keep their indices (and checkpoints their keys).
+    """3x3 conv (padding 1), optional BatchNorm, ReLU, 2x2 max-pool, as one Sequential: modules
+    appended after it (dropout, a residual block) keep the indices, and checkpoints the keys, of a
+    plain Sequential. Append them after construction: a module built first would draw its random
+    initialisation before the conv's, and the same seed would give other weights.
 
     In training it pools before the ReLU. The two commute exactly: ReLU is monotone, so the
     maximum of rectified values is the rectified maximum, and either way the gradient reaches only
@@ -114,9 +116,9 @@ class ConvBlock(nn.Sequential):
     Grad-CAM, the filter atlas and the layer table hook the ReLU, it runs in the written order, so
     they see the full-resolution rectified map."""
 
-    def __init__(self, batch_norm: bool, c_in: int, c_out: int, *rest: nn.Module) -> None:
+    def __init__(self, batch_norm: bool, c_in: int, c_out: int) -> None:
         conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)
-        super().__init__(conv, *([nn.BatchNorm2d(c_out)] if batch_norm else []), nn.ReLU(), nn.MaxPool2d(2), *rest)
+        super().__init__(conv, *([nn.BatchNorm2d(c_out)] if batch_norm else []), nn.ReLU(), nn.MaxPool2d(2))
         self.relu_index = 2 if batch_norm else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,11 +156,10 @@ class ConvNet(Network):
         super().__init__(params)
         options: ConvNetOptions = params.options
         widths = (1, *self.WIDTHS)
-        self.features = nn.Sequential(*(
-            ConvBlock(options.batch_norm, c_in, c_out,
-                      *([nn.Dropout2d(options.dropout_conv)] if options.dropout_conv > 0 else []))
-            for c_in, c_out in zip(widths[:-1], widths[1:])
-        ))
+        blocks = [ConvBlock(options.batch_norm, c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:])]
+        if options.dropout_conv > 0:
+            blocks = [block.append(nn.Dropout2d(options.dropout_conv)) for block in blocks]
+        self.features = nn.Sequential(*blocks)
         side = IMAGE_SIZE // 2 ** len(self.WIDTHS)
         self.classifier = nn.Sequential(
             nn.Flatten(),
@@ -229,9 +230,9 @@ class ResNet9(Network):
         super().__init__(params)
         w = params.options.width
         self.stem = ConvBlock(True, 1, w)
-        self.layer1 = ConvBlock(True, w, 2 * w, Residual(2 * w))
+        self.layer1 = ConvBlock(True, w, 2 * w).append(Residual(2 * w))
         self.layer2 = ConvBlock(True, 2 * w, 4 * w)
-        self.layer3 = ConvBlock(True, 4 * w, 8 * w, Residual(8 * w))
+        self.layer3 = ConvBlock(True, 4 * w, 8 * w).append(Residual(8 * w))
         self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(params.options.dropout_fc),
                                         nn.Linear(8 * w * 3 * 3, NUM_CLASSES))
 

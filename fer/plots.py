@@ -93,61 +93,90 @@ def image_gallery(images: Sequence[np.ndarray], captions: Sequence[str], title: 
     return fig
 
 
+def _mosaic(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Rows of equally sized RGB cells (H, W, 3) in [0, 1] as one image, white between cells and
+    where a row is short. A figure of many small images is drawn as one image in one axes: a
+    hundred matplotlib axes cost seconds to lay out and render, one costs milliseconds."""
+    height, width = rows[0][0].shape[:2]
+    columns = max(len(row) for row in rows)
+    canvas = np.ones((len(rows) * (height + gap) - gap, columns * (width + gap) - gap, 3))
+    for r, row in enumerate(rows):
+        for c, cell in enumerate(row):
+            canvas[r * (height + gap):r * (height + gap) + height, c * (width + gap):c * (width + gap) + width] = cell
+    return canvas
+
+
+def _mosaic_axes(ax: plt.Axes, mosaic: np.ndarray, cell: tuple[int, int], column_labels: Sequence[str] = (),
+                 row_labels: Sequence[str] = (), fontsize: float = 7, gap: int = 2) -> None:
+    """Draw a `_mosaic` in `ax`, its column labels on top and row labels on the left of the cells."""
+    height, width = cell
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.xaxis.tick_top()
+    ax.set_xticks([c * (width + gap) + (width - 1) / 2 for c in range(len(column_labels))], labels=column_labels,
+                  fontsize=fontsize)
+    ax.set_yticks([r * (height + gap) + (height - 1) / 2 for r in range(len(row_labels))], labels=row_labels,
+                  fontsize=fontsize)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _rgb(values: np.ndarray, cmap: str = "gray", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """An image's values through a colormap, as RGB in [0, 1]."""
+    return plt.get_cmap(cmap)(np.clip((np.asarray(values, dtype=float) - vmin) / (vmax - vmin), 0, 1))[..., :3]
+
+
 def saliency_figure(images: np.ndarray, maps: dict[str, np.ndarray], captions: Sequence[str],
                     title: str, notes: dict[str, str] | None = None) -> Figure:
     """Rows = images; columns = the image, then for each method its map alone and the map as an
-    overlay on the image (each map scaled to its own range); `notes` (per method, e.g. sanity
-    numbers) go under the column titles."""
+    overlay on the image (60% map; each map scaled to its own range); `notes` (per method, e.g.
+    sanity numbers) go under the column titles."""
     notes = notes or {}
     methods = list(maps)
-    columns = 1 + 2 * len(methods)
-    height = 1.9 * len(images) + 0.9
-    fig, axes = plt.subplots(len(images), columns, figsize=(1.9 * columns, height), squeeze=False)
+    rows = []
     for row, image in enumerate(images):
-        axes[row, 0].imshow(image, cmap="gray", vmin=0, vmax=255)
-        axes[row, 0].set_ylabel(captions[row], fontsize=7)
-        for index, method in enumerate(methods):
-            heat = _to_unit_range(maps[method][row])
-            raw, overlay = axes[row, 1 + 2 * index], axes[row, 2 + 2 * index]
-            raw.imshow(heat, cmap="inferno", vmin=0, vmax=1)
-            overlay.imshow(image, cmap="gray", vmin=0, vmax=255)
-            overlay.imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-            if row == 0:
-                raw.set_title(f"{method}\n{notes[method]}" if method in notes else method, fontsize=7)
-                overlay.set_title("overlay", fontsize=7)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        face = _rgb(image, vmax=255)
+        heats = [_rgb(_to_unit_range(maps[method][row]), "inferno") for method in methods]
+        rows.append([face] + [cell for heat in heats for cell in (heat, 0.6 * heat + 0.4 * face)])
+    labels = [""] + [label for method in methods
+                     for label in (f"{method}\n{notes[method]}" if method in notes else method, "overlay")]
+    columns = len(labels)
+    height = 1.9 * len(images) + 0.9
+    fig, ax = plt.subplots(figsize=(1.9 * columns, height))
+    _mosaic_axes(ax, _mosaic(rows), images[0].shape[:2], labels, captions)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))  # keep the title clear of the column titles
+    fig.tight_layout()
     return fig
 
 
 def filter_grid(images: np.ndarray, title: str, columns: int = 16) -> Figure:
-    """One small panel per channel, each normalised to its own range for display."""
-    rows = int(np.ceil(len(images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.85), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for index, (ax, image) in enumerate(zip(axes.flat, images)):
-        ax.imshow(_to_unit_range(image), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(str(index), fontsize=5)
+    """One panel per channel, each normalised to its own range for display; a panel's channel is
+    its row's label plus its column's."""
+    columns = min(columns, len(images))
+    rows = [[_rgb(_to_unit_range(image)) for image in images[start:start + columns]]
+            for start in range(0, len(images), columns)]
+    fig, ax = plt.subplots(figsize=(columns * 0.8, len(rows) * 0.8 + 0.7))
+    _mosaic_axes(ax, _mosaic(rows), images.shape[1:], [f"+{c}" for c in range(columns)],
+                 [str(r * columns) for r in range(len(rows))], fontsize=6)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
 def feature_maps_figure(image: np.ndarray, maps: dict[str, np.ndarray], title: str, per_layer: int = 12) -> Figure:
-    """The input face, then one row per conv layer with its first `per_layer` rectified maps."""
-    fig, axes = plt.subplots(len(maps), per_layer + 1, figsize=((per_layer + 1) * 0.9, len(maps) * 1.0),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for row, (name, layer_maps) in enumerate(maps.items()):
-        axes[row, 0].imshow(image, cmap="gray", vmin=0, vmax=255)
-        axes[row, 0].set_title(name, fontsize=6)
-        for col, fmap in enumerate(layer_maps[:per_layer], start=1):
-            axes[row, col].imshow(fmap, cmap="viridis")
+    """The input face, then one row per conv layer with its first `per_layer` rectified maps, each
+    enlarged to the face's size (pixel blocks) and coloured on its own range."""
+    size = image.shape[0]
+
+    def enlarged(fmap: np.ndarray) -> np.ndarray:
+        nearest = np.arange(size) * fmap.shape[0] // size
+        return _rgb(_to_unit_range(fmap[np.ix_(nearest, nearest)]), "viridis")
+
+    face = _rgb(image, vmax=255)
+    rows = [[face] + [enlarged(fmap) for fmap in layer_maps[:per_layer]] for layer_maps in maps.values()]
+    fig, ax = plt.subplots(figsize=((per_layer + 1) * 0.9, len(maps) * 1.0 + 0.6))
+    _mosaic_axes(ax, _mosaic(rows), (size, size), ["input"] + [str(c) for c in range(per_layer)], list(maps),
+                 fontsize=6)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

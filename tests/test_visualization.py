@@ -247,3 +247,39 @@ def test_visualize_params_name_every_registered_method_once(tmp_path: Path) -> N
     write_params(tmp_path / "params.yaml", params)
     with pytest.raises(ParamsError, match=r"visualize.methods: unknown method\(s\) \['lime'\]"):
         load_section(VisualizeParams, "visualize", tmp_path / "params.yaml")
+
+
+def test_image_figures_draw_every_cell_where_its_labels_say() -> None:
+    """The saliency, filter and feature-map figures are one image each (a mosaic): the cell under
+    a column label in a labelled row holds that row's image, map or overlay."""
+    from fer.plots import feature_maps_figure, filter_grid, saliency_figure
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    maps = {"gradient": rng.random((3, 48, 48)), "grad_cam": rng.random((3, 48, 48))}
+    figure = saliency_figure(faces, maps, ["a", "b", "c"], "t", {"gradient": "note"})
+    [ax] = figure.axes
+    mosaic = ax.images[0].get_array()
+    columns = [label.get_text() for label in ax.get_xticklabels()]
+    assert columns == ["", "gradient\nnote", "overlay", "grad_cam", "overlay"]
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["a", "b", "c"]
+    assert mosaic.shape == (3 * 48 + 2 * 2, 5 * 48 + 4 * 2, 3)
+
+    def cell(image: np.ndarray, row: int, col: int, size: int = 48) -> np.ndarray:
+        return image[row * (size + 2):row * (size + 2) + size, col * (size + 2):col * (size + 2) + size]
+
+    np.testing.assert_allclose(cell(mosaic, 2, 0)[..., 0], faces[2] / 255)
+    heat = (maps["grad_cam"][1] - maps["grad_cam"][1].min()) / np.ptp(maps["grad_cam"][1])
+    hottest = np.unravel_index(heat.argmax(), heat.shape)
+    assert cell(mosaic, 1, 3)[hottest].sum() > cell(mosaic, 1, 3)[np.unravel_index(heat.argmin(), heat.shape)].sum()
+    np.testing.assert_allclose(cell(mosaic, 1, 4), 0.6 * cell(mosaic, 1, 3) + 0.4 * cell(mosaic, 1, 0))
+
+    grid = filter_grid(rng.random((20, 48, 48)), "t", columns=16).axes[0]
+    assert grid.images[0].get_array().shape[:2] == (2 * 48 + 2, 16 * 48 + 15 * 2)
+    assert [label.get_text() for label in grid.get_yticklabels()] == ["0", "16"]
+    assert np.all(cell(grid.images[0].get_array(), 1, 5) == 1.0)  # channel 21 does not exist: left white
+
+    layers = {"features.0.0": rng.random((12, 48, 48)), "features.3.0": rng.random((12, 6, 6))}
+    fmaps = feature_maps_figure(faces[0], layers, "t").axes[0].images[0].get_array()
+    deep = cell(fmaps, 1, 1)
+    assert np.all(deep[:8, :8] == deep[0, 0]) and not np.all(deep == deep[0, 0])  # 6x6 map in 8-pixel blocks
