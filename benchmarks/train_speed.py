@@ -173,7 +173,7 @@ class PerSampleAugmented(Dataset):
 
 
 def reference(params: TrainParams, train, n_images: int) -> float:
-    model = build_model(params.model).train()
+    model = build_model(params.model).to(memory_format=torch.contiguous_format).train()
     optimizer = make_optimizer(model, params)
     data = PerSampleAugmented(TensorDataset(torch.as_tensor(train.images[:n_images]),
                                             torch.as_tensor(train.labels[:n_images])), params)
