@@ -45,7 +45,8 @@ class Network(nn.Module):
     - `conv_layers()`: its conv layers by module name, in execution order;
     - `activations()`: for each conv layer, the module whose *output* is that layer's rectified
       feature map (its input is the map before the nonlinearity): Grad-CAM, activation
-      maximisation and the filter atlas hook these;
+      maximisation and the filter atlas hook these, in eval mode (a `ConvBlock` in training
+      rectifies the pooled map);
     - `describe()`: one line for the report, and `params` (arch name and options) for checkpoints.
 
     Each architecture declares its options as a frozen dataclass `Options` with a
