@@ -3,9 +3,13 @@ remote, queued experiments with two workers, and three clones of one bare git re
 standing in for three machines. One pipeline run is shared by every test of this module."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +18,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import MlflowServer, make_tiny_project, run, tiny_params
+from tests.conftest import MlflowServer, env_with_venv, make_tiny_project, run, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -125,8 +129,11 @@ def test_queued_sweep_and_experiments_from_two_machines(team: dict) -> None:
     (machine_a / "NOTES.md").write_text("a commit made while experiments wait in the queue\n")
     run(["git", "add", "NOTES.md"], machine_a)
     run(["git", "commit", "-qm", "notes"], machine_a)
-    run(["dvc", "queue", "start", "-j", "2"], machine_a, env=env | {"OMP_NUM_THREADS": "1"})
-    wait_for_queue(machine_a, timeout_s=900, experiments=len(QUEUED_LRS))
+    try:
+        start_queue(machine_a, workers=2, env=env | {"OMP_NUM_THREADS": "1"})
+        wait_for_queue(machine_a, timeout_s=480, experiments=len(QUEUED_LRS))
+    finally:
+        stop_workers(machine_a)
     names_a = experiment_names(machine_a)
     assert len(names_a) == len(QUEUED_LRS), names_a
     assert not list(machine_a.glob("mlflow.db*")), "a queued experiment wrote into the clone"
@@ -165,6 +172,24 @@ def test_queued_sweep_and_experiments_from_two_machines(team: dict) -> None:
 def experiment_names(project: Path) -> list[str]:
     shown = json.loads(run(["dvc", "exp", "show", "--json", "--all-commits"], project).stdout)
     return [exp["name"] for commit in shown for exp in (commit.get("experiments") or []) if exp.get("name")]
+
+
+def start_queue(project: Path, workers: int, env: dict[str, str]) -> None:
+    """`dvc queue start`, its output to a file rather than a pipe: the workers it forks inherit
+    its output, so reading a pipe to its end would wait for every worker to exit, and a DVC 3
+    worker was seen to stay alive after its monitor shut down on an empty queue."""
+    log = project / ".dvc" / "tmp" / "queue-start.log"
+    with log.open("w") as out:
+        result = subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=project,
+                                env=env_with_venv() | env, stdout=out, stderr=subprocess.STDOUT, timeout=120)
+    assert result.returncode == 0, log.read_text()
+
+
+def stop_workers(project: Path) -> None:
+    """Kill the queue's worker processes still alive (see `start_queue`)."""
+    for pid_file in (project / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.pid"):
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def wait_for_queue(project: Path, timeout_s: float, experiments: int) -> None:
