@@ -55,7 +55,7 @@ def bare(params: TrainParams, n_images: int, precision: str, compiled: bool = Fa
     """Images/s of forward + backward + optimizer step on one random batch; with `compiled`, the
     model goes through `torch.compile` (default mode: Inductor's generated C++ kernels for the
     element-wise work, oneDNN for convolutions)."""
-    model = build_model(params.model).to(memory_format=torch.channels_last).train()
+    model = build_model(params.model).train()  # channels-last, as built
     optimizer = make_optimizer(model, params)
     forward = torch.compile(model) if compiled else model
     x = torch.rand(params.batch_size, 1, 48, 48).contiguous(memory_format=torch.channels_last)
@@ -226,7 +226,7 @@ def main() -> None:
     parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="params file (e.g. params/fer2013.yaml)")
     args = parser.parse_args()
     seed_everything(0)
-    reuse_freed_memory()  # as the training stage does; the allocator comparison toggles it, ending on
+    reuse_freed_memory()  # as the training stage does; the allocator comparison toggles it and ends with it on
     train, val = generate_split(args.images, 0), generate_split(args.images // 8, 1)
     native = resolve_precision("auto", torch.device("cpu"))
     precisions = ["fp32", "bf16"] if native == "bf16" else ["fp32"]
@@ -263,6 +263,7 @@ def main() -> None:
     for model, params in sections.items():
         for precision in precisions:
             print(f"{model} {precision}: (a) bare with torch.compile: {compiled_bare(params, args.images, precision)}")
+
 
 if __name__ == "__main__":
     main()

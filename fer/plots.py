@@ -93,28 +93,32 @@ def image_gallery(images: Sequence[np.ndarray], captions: Sequence[str], title: 
     return fig
 
 
-def _mosaic(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
+_GAP = 2  # white pixels between the cells of a mosaic
+
+
+def _mosaic(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
     """Rows of equally sized RGB cells (H, W, 3) in [0, 1] as one image, white between cells and
     where a row is short. A figure of many small images is drawn as one image in one axes: a
     hundred matplotlib axes cost seconds to lay out and render, one costs milliseconds."""
     height, width = rows[0][0].shape[:2]
+    step_y, step_x = height + _GAP, width + _GAP
     columns = max(len(row) for row in rows)
-    canvas = np.ones((len(rows) * (height + gap) - gap, columns * (width + gap) - gap, 3))
+    canvas = np.ones((len(rows) * step_y - _GAP, columns * step_x - _GAP, 3))
     for r, row in enumerate(rows):
         for c, cell in enumerate(row):
-            canvas[r * (height + gap):r * (height + gap) + height, c * (width + gap):c * (width + gap) + width] = cell
+            canvas[r * step_y:r * step_y + height, c * step_x:c * step_x + width] = cell
     return canvas
 
 
 def _mosaic_axes(ax: plt.Axes, mosaic: np.ndarray, cell: tuple[int, int], column_labels: Sequence[str] = (),
-                 row_labels: Sequence[str] = (), fontsize: float = 7, gap: int = 2) -> None:
+                 row_labels: Sequence[str] = (), fontsize: float = 7) -> None:
     """Draw a `_mosaic` in `ax`, its column labels on top and row labels on the left of the cells."""
     height, width = cell
     ax.imshow(mosaic, interpolation="nearest")
     ax.xaxis.tick_top()
-    ax.set_xticks([c * (width + gap) + (width - 1) / 2 for c in range(len(column_labels))], labels=column_labels,
+    ax.set_xticks([c * (width + _GAP) + (width - 1) / 2 for c in range(len(column_labels))], labels=column_labels,
                   fontsize=fontsize)
-    ax.set_yticks([r * (height + gap) + (height - 1) / 2 for r in range(len(row_labels))], labels=row_labels,
+    ax.set_yticks([r * (height + _GAP) + (height - 1) / 2 for r in range(len(row_labels))], labels=row_labels,
                   fontsize=fontsize)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
