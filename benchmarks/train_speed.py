@@ -9,6 +9,7 @@ several models are measured one after the other, same batch size), for each prec
   (b) the training stage's `fit` end to end: uint8 data in memory, batched augmentation,
       the per-epoch validation pass, history and checkpoint writing;
 and once, in fp32, for the first model:
+  the augmentation's sampling grid: torch's `F.affine_grid` against `fer.augment.affine_grid`;
   (c) a plain reference: DataLoader over a TensorDataset with per-sample augmentation
       (random shift, flip, rotation/scale per image), default memory format, no validation:
       what the usual tutorial loop does.
@@ -44,6 +45,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
 
+from fer.augment import affine_grid  # noqa: E402
 from fer.data.synthetic import generate_split  # noqa: E402
 from fer.models import ConvBlock, build_model  # noqa: E402
 from fer.params import TrainParams, load_section  # noqa: E402
@@ -199,6 +201,22 @@ def reference(params: TrainParams, train, n_images: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
+def affine_grids(batch_size: int, repeats: int = 50) -> tuple[float, float]:
+    """Milliseconds per batch of torch's `F.affine_grid` and of `fer.augment.affine_grid` (which
+    the training augmentation uses), best of 5 rounds of `repeats` each, alternating."""
+    theta = torch.randn(batch_size, 2, 3, generator=torch.Generator().manual_seed(0))
+    grids = {"torch": lambda: F.affine_grid(theta, [batch_size, 1, 48, 48], align_corners=False),
+             "fer": lambda: affine_grid(theta, 48, 48)}
+    best = {name: math.inf for name in grids}
+    for _ in range(5):
+        for name, grid in grids.items():
+            started = time.perf_counter()
+            for _ in range(repeats):
+                grid()
+            best[name] = min(best[name], (time.perf_counter() - started) / repeats * 1e3)
+    return best["torch"], best["fer"]
+
+
 def allocator_comparison(params: TrainParams, train, val) -> None:
     """fit in fp32 with glibc's defaults and with freed memory kept for reuse, alternating."""
     import resource
@@ -237,6 +255,9 @@ def main() -> None:
     sections = {model: dataclasses.replace(load_section(TrainParams, f"train_{model}", args.params),
                                            batch_size=args.batch_size) for model in args.model}
     allocator_comparison(sections[args.model[0]], train, val)  # ends with reuse on, as the stage runs
+    torch_grid, fer_grid = affine_grids(args.batch_size)
+    print(f"augmentation's sampling grid for {args.batch_size} images: F.affine_grid {torch_grid:.2f} ms, "
+          f"fer.augment.affine_grid {fer_grid:.2f} ms: {torch_grid / fer_grid:.2f}x")
     for model, params in sections.items():
         flop_per_image = 6 * forward_macs(build_model(params.model))
         trains_in = resolve_precision(params.precision, torch.device("cpu"))

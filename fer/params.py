@@ -118,6 +118,7 @@ class TrainParams:
     momentum: float
     weight_decay: float
     schedule: str
+    ema_decay: float
     label_smoothing: float
     class_weighting: str
     consistency: float
@@ -134,6 +135,7 @@ class TrainParams:
         check(self.schedule in ("constant", "onecycle", "cosine", "plateau"), f"{where}.schedule",
                f"'{self.schedule}' is not one of constant, onecycle, cosine, plateau")
         check(self.lr > 0, f"{where}.lr", "must be positive")
+        check(0 <= self.ema_decay < 1, f"{where}.ema_decay", "must be in [0, 1) (0: no weight average)")
         check(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", "must be in [0, 1)")
         check(self.class_weighting in ("none", "inverse_sqrt"), f"{where}.class_weighting",
               f"'{self.class_weighting}' is not one of none, inverse_sqrt")

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with tracking.system_metrics(run_id, resumed=resume is not None):
             result = fit(model, splits["train"], splits["val"], params, device, checkpoint, job, run_id, resume,
-                         on_epoch=epoch_log)
+                         on_epoch=lambda record, _evaluated: epoch_log(record))
     except BaseException as error:  # diverged, out of memory, Ctrl-C: the run says so (a rerun resumes it)
         tracking.end_run(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise

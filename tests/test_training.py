@@ -13,13 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from fer.augment import augment_batch
+from fer.augment import affine_grid, augment_batch
 from fer.data.synthetic import generate_split
+from fer.inference import predict_logits
 from fer.models import build_model
 from fer.params import AugmentParams, TrainParams, load_section
 from fer.runtime import CPU_BF16_PROBES, HardwareProbes, resolve_precision, seed_everything, torch_probes
-from fer.training import EpochRecord, TrainingDiverged, class_weights, consistency_loss, fit
+from fer.training import (
+    EpochRecord,
+    TrainingDiverged,
+    WeightAverage,
+    class_weights,
+    consistency_loss,
+    fit,
+    load_resume_state,
+)
 from tests.conftest import ROOT, env_with_venv, run, tiny_params, write_params
 
 
@@ -38,6 +48,14 @@ def test_augmentation_keeps_shapes_and_is_seeded() -> None:
     assert a.min() >= 0 and a.max() <= 1
 
 
+@pytest.mark.parametrize("shape", [(64, 48, 48), (5, 31, 17), (2, 1, 9)])
+def test_affine_grid_is_torchs(shape: tuple[int, int, int]) -> None:
+    b, h, w = shape
+    theta = torch.randn(b, 2, 3, generator=torch.Generator().manual_seed(0))
+    expected = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, h, w), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_augmentation_off_is_identity_and_flip_mirrors() -> None:
     x = torch.rand(4, 1, 48, 48)
     off = AugmentParams(flip=False, max_shift=0, max_rotation=0, max_scale=0, erasing_prob=0)
@@ -49,17 +67,66 @@ def test_augmentation_off_is_identity_and_flip_mirrors() -> None:
             augmented, torch.flip(original, dims=[2]), atol=1e-5)
 
 
-def _fit(params: TrainParams, tmp_path: Path):
+def _fit(params: TrainParams, tmp_path: Path, **options):
     seed_everything(params.seed)
     train, val = generate_split(96, 0), generate_split(32, 1)
     model = build_model(params.model)
-    return fit(model, train, val, params, torch.device("cpu"), tmp_path / "ckpt.pt", "job", None)
+    return fit(model, train, val, params, torch.device("cpu"), tmp_path / "ckpt.pt", "job", None, **options)
+
+
+def _without_times(history: list[EpochRecord]) -> list[EpochRecord]:
+    return [dataclasses.replace(r, epoch_seconds=0, images_per_second=0) for r in history]
 
 
 def test_same_seed_same_history(tmp_path: Path) -> None:
     a, b = _fit(train_params(), tmp_path), _fit(train_params(), tmp_path)
-    strip = lambda h: [dataclasses.replace(r, epoch_seconds=0, images_per_second=0) for r in h]  # noqa: E731
-    assert strip(a.history) == strip(b.history)
+    assert _without_times(a.history) == _without_times(b.history)
+
+
+def test_weight_average_follows_its_decay_and_copies_counters() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.5)
+    expected = model[0].weight.detach().clone()
+    for step in range(1, 5):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model(torch.randn(4, 2))  # BN: running statistics move and its batch counter counts
+        average.update(model)
+        decay = min(0.5, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * model[0].weight.detach()
+        assert torch.allclose(average.model[0].weight, expected)
+    assert average.model[1].num_batches_tracked.item() == model[1].num_batches_tracked.item() == 4
+    assert not torch.equal(average.model[1].running_mean, model[1].running_mean)
+
+
+def test_weight_average_is_what_is_validated_selected_and_resumed(tmp_path: Path) -> None:
+    """With ema_decay the raw weights train exactly as without it; validation, selection and the
+    returned weights are the average's; a run stopped after an epoch resumes to the same end."""
+    raw = _fit(train_params(epochs=3), tmp_path)
+    params = train_params(epochs=3, ema_decay=0.9)
+    validated = []
+    averaged = _fit(params, tmp_path, on_epoch=lambda record, evaluated: validated.append(
+        {k: v.clone() for k, v in evaluated.state_dict().items()}))
+    assert [r.train_loss for r in averaged.history] == [r.train_loss for r in raw.history]
+    assert [r.val_loss for r in averaged.history] != [r.val_loss for r in raw.history]
+    selected = validated[averaged.best_epoch - 1]
+    assert all(torch.equal(averaged.best_state[k], selected[k]) for k in selected)
+    model, val = build_model(params.model), generate_split(32, 1)
+    model.load_state_dict(selected)
+    predicted = predict_logits(model, val.images, torch.device("cpu")).argmax(1)
+    assert (predicted == torch.as_tensor(val.labels)).float().mean().item() == averaged.best_val_acc
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(record: EpochRecord, _evaluated: torch.nn.Module) -> None:
+        if record.epoch == 2:
+            raise Stop
+    with pytest.raises(Stop):
+        _fit(params, tmp_path, on_epoch=stop_after_two)
+    resumed = _fit(params, tmp_path, resume=load_resume_state(tmp_path / "ckpt.pt", "job"))
+    assert _without_times(resumed.history) == _without_times(averaged.history)
+    assert all(torch.equal(resumed.best_state[k], averaged.best_state[k]) for k in averaged.best_state)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -244,7 +311,7 @@ def test_changed_params_do_not_resume(tmp_path: Path) -> None:
     data = tmp_path / "train.npz"
     data.write_bytes(b"data")
     job = fingerprint({"lr": 0.1}, [data])
-    ResumeState(job, "run-1", {}, {}, {}, torch.get_rng_state(), torch.get_rng_state(), [], [], 0, 0.0, {}
+    ResumeState(job, "run-1", {}, None, {}, {}, torch.get_rng_state(), torch.get_rng_state(), [], [], 0, 0.0, {}
                 ).save(tmp_path / "ckpt.pt")
     assert load_resume_state(tmp_path / "ckpt.pt", job).run_id == "run-1"
     assert load_resume_state(tmp_path / "ckpt.pt", fingerprint({"lr": 0.2}, [data])) is None
