@@ -277,9 +277,10 @@ def fit(model: torch.nn.Module, train: Split, val: Split, params: TrainParams, d
     With `params.ema_decay` > 0 the weights validated, selected and returned are the
     `WeightAverage`'s; the training loss and accuracy are those of the raw weights being trained.
     After every epoch a `ResumeState` is written atomically to `checkpoint_path`, and only then
-    are the epoch's record and the model validated handed to `on_epoch`. With bf16 precision the forward pass runs under
-    autocast (weights, optimizer and loss stay fp32); validation and every later prediction run
-    in fp32. With `params.consistency` > 0 an epoch costs twice as much (two views per image).
+    are the epoch's record and the model validated handed to `on_epoch`. With bf16 precision the
+    forward pass runs under autocast (weights, optimizer and loss stay fp32); validation and every
+    later prediction run in fp32. With `params.consistency` > 0 an epoch costs twice as much (two
+    views per image).
     """
     generator = torch.Generator().manual_seed(params.seed)
     weights = class_weights(train.labels, params.class_weighting)
