@@ -22,6 +22,7 @@ def test_shipped_params_load() -> None:
     ({"optimizer": "adam"}, r"train_cnn4.optimizer: 'adam' is not one of sgd, adamw"),
     ({"epochs": 0}, r"train_cnn4.epochs: must be at least 1"),
     ({"consistency": -1.0}, r"train_cnn4.consistency: must be in \[0, 100\]"),
+    ({"ema_decay": 1.0}, r"train_cnn4.ema_decay: must be in \[0, 1\)"),
     ({"class_weighting": "balanced"}, r"train_cnn4.class_weighting: 'balanced' is not one of none, inverse_sqrt"),
 ])
 def test_bad_values_are_named(tmp_path: Path, change: dict, message: str) -> None:
