@@ -5,7 +5,8 @@ Measured in one run, for each model named (default: train_cnn4's architecture fr
 several models are measured one after the other, same batch size), for each precision:
   (a) bare forward + backward + optimizer step on random tensors already in memory, channels-last:
       the compute the pipeline cannot avoid; also with the model through `torch.compile`, and with
-      its conv blocks in the written order (ReLU before max-pool; training pools first, exactly);
+      its conv blocks in the written order (ReLU before max-pool; training pools first, exactly),
+      and, for CNN4 and CNN3, with the max-pool before BatchNorm and after it (`pool_before_norm`);
   (b) the training stage's `fit` end to end: uint8 data in memory, batched augmentation,
       the per-epoch validation pass, history and checkpoint writing;
 and once, in fp32, for the first model:
@@ -98,6 +99,21 @@ def block_orders(params: TrainParams, n_images: int, precision: str) -> tuple[fl
     for pool_first in (True, False) * 3:
         with contextlib.nullcontext() if pool_first else written_block_order():
             best[pool_first] = max(best[pool_first], bare(params, n_images, precision))
+    return best[True], best[False]
+
+
+def norm_orders(params: TrainParams, n_images: int, precision: str) -> tuple[float, float] | None:
+    """(a) of a conv net with its max-pool before BatchNorm (`model.pool_before_norm`, another
+    network) and after it, best of three each, alternating; None for an architecture without
+    the option."""
+    options = params.model.options
+    if not hasattr(options, "pool_before_norm"):
+        return None
+    variants = {flag: dataclasses.replace(params, model=dataclasses.replace(
+        params.model, options=dataclasses.replace(options, pool_before_norm=flag))) for flag in (True, False)}
+    best = {True: 0.0, False: 0.0}
+    for flag in (True, False) * 3:
+        best[flag] = max(best[flag], bare(variants[flag], n_images, precision))
     return best[True], best[False]
 
 
@@ -273,6 +289,10 @@ def main() -> None:
                   f"(b) fit {b:6.0f} images/s ({b * flop_per_image / peak:4.0%} of peak)   (b)/(a) = {b / a:.2f}")
             print(f"  {precision}: (a) bare, best of 3: pooling before ReLU (as trained) {pooled_first:6.0f} images/s, "
                   f"in the written order {written:6.0f} images/s: {pooled_first / written:.2f}x")
+            norms = norm_orders(params, args.images, precision)
+            if norms is not None:
+                print(f"  {precision}: (a) bare, best of 3: max-pool before BatchNorm (pool_before_norm) "
+                      f"{norms[0]:6.0f} images/s, after it {norms[1]:6.0f} images/s: {norms[0] / norms[1]:.2f}x")
         if "bf16" in rows:
             (bare16, fit16), (bare32, fit32) = rows["bf16"], rows["fp32"]
             print(f"  bf16 / fp32: bare {bare16 / bare32:.2f}x, fit {fit16 / fit32:.2f}x")

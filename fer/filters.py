@@ -105,12 +105,14 @@ _SPATIAL = (torch.nn.Conv2d, torch.nn.MaxPool2d, torch.nn.AvgPool2d)
 
 
 def receptive_fields(model: Network) -> dict[str, ReceptiveField]:
-    """The receptive field of every conv layer, from the kernels, strides and paddings of the
-    convolutions and poolings in the order one forward pass runs them (along the main path:
-    a residual shortcut adds no kernel)."""
-    order: list[tuple[str, torch.nn.Module]] = []
-    hooks = [module.register_forward_hook(lambda mod, _i, _o, name=name: order.append((name, mod)))
-             for name, module in model.named_modules() if isinstance(module, _SPATIAL)]
+    """The receptive field of a unit of every conv layer's rectified map (the output of its
+    `Network.activations` module: the conv's own map, or the pooled one in a pool-first block),
+    from the kernels, strides and paddings of the convolutions and poolings in the order one
+    forward pass runs them (along the main path: a residual shortcut adds no kernel)."""
+    layer_of = {id(module): name for name, module in model.activations().items()}
+    order: list[torch.nn.Module] = []
+    hooks = [module.register_forward_hook(lambda mod, _i, _o: order.append(mod))
+             for module in model.modules() if isinstance(module, _SPATIAL) or id(module) in layer_of]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=next(model.parameters()).device))
@@ -118,13 +120,14 @@ def receptive_fields(model: Network) -> dict[str, ReceptiveField]:
         for hook in hooks:
             hook.remove()
     fields, size, stride, start = {}, 1, 1, 0.0
-    for name, module in order:
+    for module in order:
+        if id(module) in layer_of:
+            fields[layer_of[id(module)]] = ReceptiveField(size, stride, start)
+            continue
         kernel, step, padding = (_pair(getattr(module, key)) for key in ("kernel_size", "stride", "padding"))
         size += (kernel - 1) * stride
         start += ((kernel - 1) / 2 - padding) * stride
         stride *= step
-        if isinstance(module, torch.nn.Conv2d):
-            fields[name] = ReceptiveField(size, stride, start)
     return fields
 
 

@@ -93,14 +93,18 @@ def register(name: str) -> Callable[[type[Network]], type[Network]]:
 
 
 def model_params(section: dict[str, Any], where: str) -> ModelParams:
-    """A `model:` section (`arch` plus that architecture's options) as validated ModelParams."""
+    """A `model:` section (`arch` plus that architecture's options) as validated ModelParams.
+    An option declared with a default may be left out (`ModelParams.as_dict` leaves it out when
+    it has that value): checkpoints written before the option existed load as they were trained."""
     from fer.params import build_section
 
     check(isinstance(section, dict) and "arch" in section, where, "expected a mapping with an 'arch' key")
     arch = section["arch"]
     check(arch in ARCHITECTURES, f"{where}.arch", f"'{arch}' is not one of {', '.join(ARCHITECTURES)}")
-    options = {key: value for key, value in section.items() if key != "arch"}
-    return ModelParams(arch, build_section(ARCHITECTURES[arch].Options, options, where))
+    options_cls = ARCHITECTURES[arch].Options
+    defaults = {f.name: f.default for f in dataclasses.fields(options_cls) if f.default is not dataclasses.MISSING}
+    options = {**defaults, **{key: value for key, value in section.items() if key != "arch"}}
+    return ModelParams(arch, build_section(options_cls, options, where))
 
 
 class ConvBlock(nn.Sequential):
@@ -115,15 +119,24 @@ class ConvBlock(nn.Sequential):
     the written order (tests/test_models.py), and the ReLU runs on a quarter of the elements:
     a CNN4 training step on a CPU is 1.03-1.18x faster (benchmarks/train_speed.py). In eval mode, where
     Grad-CAM, the filter atlas and the layer table hook the ReLU, it runs in the written order, so
-    they see the full-resolution rectified map."""
+    they see the full-resolution rectified map.
 
-    def __init__(self, batch_norm: bool, c_in: int, c_out: int) -> None:
+    `pool_before_norm` builds conv, max-pool, BatchNorm, ReLU instead (the block of fast CIFAR-10
+    training, e.g. airbench): BatchNorm and ReLU then work on a quarter of the elements, in
+    training and in eval alike. Pooling does not commute with BatchNorm (its statistics, and a
+    negative scale, see other values), so this is another network with the same weights'
+    shapes, and its rectified maps, the ones the tools hook, have half the side."""
+
+    def __init__(self, batch_norm: bool, c_in: int, c_out: int, pool_before_norm: bool = False) -> None:
         conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)
-        super().__init__(conv, *([nn.BatchNorm2d(c_out)] if batch_norm else []), nn.ReLU(), nn.MaxPool2d(2))
-        self.relu_index = 2 if batch_norm else 1
+        norm, relu, pool = [nn.BatchNorm2d(c_out)] if batch_norm else [], nn.ReLU(), nn.MaxPool2d(2)
+        layers = [conv, pool, *norm, relu] if pool_before_norm else [conv, *norm, relu, pool]
+        super().__init__(*layers)
+        self.relu_index = layers.index(relu)
+        self.pool_before_norm = pool_before_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if not self.training or self.pool_before_norm:
             return super().forward(x)
         modules, relu = list(self), self.relu_index
         for module in [*modules[:relu], modules[relu + 1], modules[relu], *modules[relu + 2:]]:
@@ -137,6 +150,7 @@ class ConvNetOptions:
     dropout_conv: float
     dropout_fc: float
     fc_hidden: int
+    pool_before_norm: bool = False  # conv, max-pool, BatchNorm, ReLU: see ConvBlock
 
     def validate(self, where: str) -> None:
         for name in ("dropout_conv", "dropout_fc"):
@@ -145,8 +159,9 @@ class ConvNetOptions:
 
 
 class ConvNet(Network):
-    """conv blocks (3x3 conv, [BN], ReLU, 2x2 max-pool) -> flatten -> FC -> ReLU -> FC(7); the
-    conv widths are the subclass's `WIDTHS`."""
+    """conv blocks (3x3 conv, [BN], ReLU, 2x2 max-pool; or with `pool_before_norm` 3x3 conv,
+    2x2 max-pool, [BN], ReLU) -> flatten -> FC -> ReLU -> FC(7); the conv widths are the
+    subclass's `WIDTHS`."""
 
     Options = ConvNetOptions
     WIDTHS: ClassVar[tuple[int, ...]]
@@ -155,7 +170,8 @@ class ConvNet(Network):
         super().__init__(params)
         options: ConvNetOptions = params.options
         widths = (1, *self.WIDTHS)
-        blocks = [ConvBlock(options.batch_norm, c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:])]
+        blocks = [ConvBlock(options.batch_norm, c_in, c_out, options.pool_before_norm)
+                  for c_in, c_out in zip(widths[:-1], widths[1:])]
         if options.dropout_conv > 0:
             blocks = [block.append(nn.Dropout2d(options.dropout_conv)) for block in blocks]
         self.features = nn.Sequential(*blocks)
@@ -176,10 +192,12 @@ class ConvNet(Network):
                 for i, block in enumerate(self.features)}
 
     def describe(self) -> str:
-        side = IMAGE_SIZE // 2 ** len(self.WIDTHS)
-        norm = ", BatchNorm" if self.params.options.batch_norm else ""
-        return (f"{len(self.WIDTHS)} conv blocks {'-'.join(map(str, self.WIDTHS))} (3x3 conv{norm}, ReLU, "
-                f"2x2 max-pool), then FC {self.WIDTHS[-1] * side * side}-{self.params.options.fc_hidden}-{NUM_CLASSES}")
+        options, side = self.params.options, IMAGE_SIZE // 2 ** len(self.WIDTHS)
+        norm = ", BatchNorm" if options.batch_norm else ""
+        block = (f"3x3 conv, 2x2 max-pool{norm}, ReLU" if options.pool_before_norm
+                 else f"3x3 conv{norm}, ReLU, 2x2 max-pool")
+        return (f"{len(self.WIDTHS)} conv blocks {'-'.join(map(str, self.WIDTHS))} ({block}), "
+                f"then FC {self.WIDTHS[-1] * side * side}-{options.fc_hidden}-{NUM_CLASSES}")
 
 
 @register("cnn4")

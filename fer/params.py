@@ -82,8 +82,14 @@ class ModelParams:
     options: Any
 
     def as_dict(self) -> dict[str, Any]:
-        """The form saved in checkpoints and read back by `from_section`."""
-        return {"arch": self.arch, **dataclasses.asdict(self.options)}
+        """The form saved in checkpoints and read back by `from_section`. An option at its
+        declared default is left out, so that adding an option changes neither the bytes of a
+        checkpoint trained without it (the shipped model reproduces bit for bit) nor how older
+        checkpoints load."""
+        unchanged = {f.name for f in dataclasses.fields(self.options)
+                     if f.default is not dataclasses.MISSING and getattr(self.options, f.name) == f.default}
+        options = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in unchanged}
+        return {"arch": self.arch, **options}
 
     @staticmethod
     def from_section(section: Any, where: str) -> ModelParams:

@@ -63,6 +63,28 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
     assert torch.load(tmp_path / "model.pt", weights_only=True)["model_params"]["arch"] == "cnn4"
 
 
+def test_pool_before_norm_is_an_option_of_the_conv_nets(tmp_path: Path) -> None:
+    """`pool_before_norm` orders a block conv, max-pool, BatchNorm, ReLU: the same parameters,
+    BatchNorm and ReLU at half the side. A checkpoint names the option only when it is set, so
+    one written before it existed (and the shipped model's bytes) stay as they were."""
+    plain = params("cnn4", batch_norm=True)
+    assert plain.options.pool_before_norm is False and "pool_before_norm" not in plain.as_dict()
+    fast = model_params({**plain.as_dict(), "pool_before_norm": True}, "model")
+    assert fast.as_dict()["pool_before_norm"] is True
+    torch.manual_seed(0)
+    net = build_model(fast)
+    rows = layer_table(net)
+    assert [(r.kind, r.output_shape) for r in rows[1:5]] == [
+        ("Conv2d", (32, 48, 48)), ("MaxPool2d", (32, 24, 24)), ("BatchNorm2d", (32, 24, 24)), ("ReLU", (32, 24, 24))]
+    assert sum(r.parameters for r in rows) == sum(p.numel() for p in build_model(plain).parameters())
+    assert "(3x3 conv, 2x2 max-pool, BatchNorm, ReLU)" in net.describe()
+    net.train()(torch.rand(8, 1, 48, 48))  # running statistics move away from their initial values
+    save_checkpoint(net, tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")
+    x = torch.rand(3, 1, 48, 48)
+    assert loaded.params == fast and torch.equal(loaded(x), net.eval()(x))
+
+
 def _saved_cnn4(path: Path) -> Path:
     save_checkpoint(build_model(params("cnn4")), path)
     return path

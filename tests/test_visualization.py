@@ -187,6 +187,10 @@ def test_receptive_fields_are_computed_from_the_modules(trained_cnn4) -> None:
     assert [f.size for f in fields.values()] == [3, 8, 18, 38]
     assert [f.stride for f in fields.values()] == [1, 2, 4, 8]
     assert [f.start for f in fields.values()] == [0.0, 0.5, 1.5, 3.5]  # a pool's unit sits between its pixels
+    pooled = build_model(model_params({"arch": "cnn4", **MODEL_OPTIONS["cnn4"], "pool_before_norm": True}, "m"))
+    pooled_fields = receptive_fields(pooled)  # its rectified maps come after the pool: one more 2x2 each
+    assert [(f.size, f.stride, f.start) for f in pooled_fields.values()] == [
+        (4, 2, 0.5), (10, 4, 1.5), (22, 8, 3.5), (46, 16, 7.5)]
     resnet = receptive_fields(model("resnet9"))  # the residual blocks' convs add to the path, their sum does not
     assert list(resnet) == list(model("resnet9").conv_layers())
     assert [f.size for f in resnet.values()] == [3, 8, 18, 26, 34, 54, 94, 126]
